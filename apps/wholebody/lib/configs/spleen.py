@@ -1,0 +1,60 @@
+"""Config of ``spleen``: the constants its infer and train tasks share."""
+
+from __future__ import annotations
+
+import os
+
+from monailabel.interfaces.config import TaskConfig
+
+import lib.infers.spleen
+import lib.trainers.spleen
+from lib.conf import Conf
+from lib.labels import SPLEEN_LABELS
+from lib.networks import spleen_unet
+from lib.official_checkpoint import OfficialCheckpoint
+
+PIXDIM = (1.5, 1.5, 2.0)
+HU_WINDOW = (-57.0, 164.0)
+ROI_SIZE = (96, 96, 96)
+OVERLAP = 0.5
+SW_BATCH_SIZE = 4
+
+
+class SpleenSegmentation(TaskConfig):
+    def init(self, name, model_dir, conf, planner, **kwargs):
+        super().init(name, model_dir, conf, planner, **kwargs)
+        options = Conf(conf)
+        self.labels = SPLEEN_LABELS
+        self.max_epochs = options.int("max_epochs", 50, minimum=1)
+        self.val_split = options.float("val_split", 0.2, low=0.0, high=0.9)
+        self.checkpoint = OfficialCheckpoint("spleen", model_dir, options, os.path.join(model_dir, f"{name}.pt"))
+        self.checkpoint.fetch_in_background()
+
+    def weights(self):
+        return {"default": self.checkpoint.status()}
+
+    def infer(self):
+        return lib.infers.spleen.SpleenSegmentation(
+            network_factory=spleen_unet,
+            labels=self.labels,
+            paths=self.checkpoint.paths,
+            pixdim=PIXDIM,
+            hu_window=HU_WINDOW,
+            roi_size=ROI_SIZE,
+            overlap=OVERLAP,
+            sw_batch_size=SW_BATCH_SIZE,
+            weights=self.weights,
+        )
+
+    def trainer(self):
+        return lib.trainers.spleen.SpleenSegmentation(
+            model_dir=os.path.join(self.model_dir, "train", self.name),
+            network_factory=spleen_unet,
+            labels=self.labels,
+            paths=self.checkpoint.paths,
+            pixdim=PIXDIM,
+            hu_window=HU_WINDOW,
+            roi_size=ROI_SIZE,
+            max_epochs=self.max_epochs,
+            val_split=self.val_split,
+        )

@@ -1,0 +1,112 @@
+"""What the CT segmentation tasks share: checkpoint choice, network cache, AMP, inversion."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Callable, Sequence
+
+import torch
+from monai.transforms import Compose
+from monailabel.interfaces.tasks.infer_v2 import InferType
+from monailabel.tasks.infer.basic_infer import BasicInferTask
+
+from lib.checkpoints import load_state_dict
+
+logger = logging.getLogger(__name__)
+
+# The pre-transforms of a request, kept so Invertd can undo exactly those instances.
+PRE_TRANSFORMS_KEY = "_pre_transforms"
+
+
+class CTSegmentationTask(BasicInferTask):
+    """Base of ``wholebody`` and ``spleen``.
+
+    ``weights`` reports, per candidate checkpoint set, whether official or trained weights exist,
+    so ``/info/`` can say plainly when a model is untrained.
+    """
+
+    def __init__(
+        self,
+        network_factory: Callable[[], torch.nn.Module],
+        labels: dict[str, int],
+        description: str,
+        weights: Callable[[], dict[str, Any]],
+        config: dict[str, Any] | None = None,
+        paths: Sequence[str] = (),
+    ):
+        super().__init__(
+            path=list(paths),
+            network=network_factory(),
+            type=InferType.SEGMENTATION,
+            labels=labels,
+            dimension=3,
+            description=description,
+            config={"result_dtype": "uint8", **(config or {})},
+        )
+        self._weights = weights
+        self._network_factory = network_factory
+        self._cache: dict[tuple[str, str | None], tuple[torch.nn.Module, float]] = {}
+
+    def info(self) -> dict[str, Any]:
+        info = super().info()
+        weights = self._weights()
+        info["weights"] = weights
+        info["untrained"] = all(w["untrained"] for w in weights.values())
+        if info["untrained"]:
+            info["description"] += " [UNTRAINED: no weights found, see 'weights']"
+        return info
+
+    def candidate_paths(self, data: dict[str, Any]) -> Sequence[str]:
+        """Checkpoints for this request, most preferred last (a trained model beats the official one)."""
+        return self.path
+
+    def checkpoint(self, data: dict[str, Any]) -> str | None:
+        for path in reversed(self.candidate_paths(data)):
+            if path and os.path.exists(path):
+                return path
+        return None
+
+    def _get_network(self, device, data):
+        path = self.checkpoint(data)
+        mtime = os.stat(path).st_mtime if path else 0.0
+        cached = self._cache.get((str(device), path))
+        if cached and cached[1] == mtime:
+            return cached[0]
+
+        network = self._fresh_network()
+        if path:
+            logger.info(f"Loading {path}")
+            network.load_state_dict(load_state_dict(path, map_location="cpu"), strict=True)
+        else:
+            logger.warning(f"{self.description}: no checkpoint found, running untrained weights")
+        network = network.to(torch.device(device)).eval()
+        self._cache = {k: v for k, v in self._cache.items() if k[0] != str(device)}
+        self._cache[(str(device), path)] = (network, mtime)
+        return network
+
+    def _fresh_network(self) -> torch.nn.Module:
+        # Untrained weights are seeded so that inference without a checkpoint is reproducible.
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            return self._network_factory()
+
+    def clear_cache(self):
+        self._cache.clear()
+
+    def run_pre_transforms(self, data, transforms):
+        data = super().run_pre_transforms(data, transforms)
+        data[PRE_TRANSFORMS_KEY] = Compose(transforms)
+        return data
+
+    def run_inferer(self, data, convert_to_batch=True, device="cuda"):
+        network = self._get_network(device, data)
+        inputs = torch.as_tensor(data[self.input_key])[None].to(torch.device(device))
+        inferer = self.inferer(data)
+        with torch.inference_mode(), torch.autocast("cuda", enabled=str(device).startswith("cuda")):
+            outputs = inferer(inputs, network)
+        if str(device).startswith("cuda"):
+            torch.cuda.empty_cache()
+        # A clone outside inference mode, so the inverse transforms may modify it.
+        data[self.output_label_key] = outputs[0].clone()
+        return data

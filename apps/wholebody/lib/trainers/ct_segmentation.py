@@ -1,0 +1,118 @@
+"""What the CT segmentation trainers share: data from saved labels, partial labels, publishing."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Callable, Sequence
+
+import torch
+from ignite.engine import Events
+from monai.handlers import MeanDice, from_engine
+from monai.inferers import SlidingWindowInferer
+from monai.transforms import AsDiscreted
+from monailabel.tasks.train.basic_train import BasicTrainTask, Context
+
+from lib.checkpoints import load_state_dict, save_atomically
+from lib.trainers.partial_label_loss import PartialLabelDiceCELoss
+from lib.trainers.per_class_dice import PerClassDice
+
+logger = logging.getLogger(__name__)
+
+
+def saved_label_names(info: dict) -> dict[str, int]:
+    """Segment name -> value of a saved label: Slicer sends ``label_info`` [{name, idx}], labels
+    saved from an infer result carry the model's ``label_names``."""
+    names = {}
+    for segment in info.get("label_info") or info.get("params", {}).get("label_info") or []:
+        value = segment.get("idx", segment.get("id"))
+        if segment.get("name") and value is not None:
+            names[segment["name"]] = int(value)
+    if not names:
+        names = dict(info.get("params", {}).get("label_names") or info.get("label_names") or {})
+    return names
+
+
+class CTSegmentationTrainer(BasicTrainTask):
+    def __init__(
+        self,
+        model_dir: str,
+        network_factory: Callable[[], torch.nn.Module],
+        labels: dict[str, int],
+        description: str,
+        max_epochs: int,
+        val_split: float,
+        roi_size: Sequence[int],
+    ):
+        super().__init__(
+            model_dir,
+            description,
+            config={"max_epochs": max_epochs, "val_split": val_split, "tracking": ["None", "mlflow"]},
+            load_strict=True,
+            labels=labels,
+            tracking=None,
+        )
+        self._network_factory = network_factory
+        self._channels = labels
+        self.num_classes = max(labels.values()) + 1
+        self.roi_size = roi_size
+
+    def paths(self, request: dict) -> Sequence[str]:
+        """Official checkpoint, then the one trained here (published to)."""
+        raise NotImplementedError
+
+    def __call__(self, request, datastore):
+        official, trained = self.paths(request)
+        self._publish_to = trained
+        self._start_from = trained if os.path.exists(trained) else official
+        return super().__call__(request, datastore)
+
+    def network(self, context: Context):
+        return self._network_factory()
+
+    def loss_function(self, context: Context):
+        return PartialLabelDiceCELoss()
+
+    def load_path(self, output_dir, pretrained=True):
+        return self._start_from if pretrained and os.path.exists(self._start_from) else None
+
+    def pre_process(self, request, datastore):
+        datalist = []
+        for item in datastore.datalist():
+            image_id = os.path.basename(item["label"]).split(".")[0]
+            info = datastore.get_label_info(image_id, "final") or {}
+            datalist.append({**item, "label_names": saved_label_names(info)})
+        return datalist
+
+    def partition_datalist(self, context: Context, shuffle=False):
+        train, val = super().partition_datalist(context, shuffle)
+        # With one saved label, validating on it beats no validation (and no best checkpoint).
+        return train, (val or train)
+
+    def train_key_metric(self, context: Context):
+        return {"train_mean_dice": MeanDice(output_transform=from_engine(["pred", "label"]), include_background=False)}
+
+    def train_post_transforms(self, context: Context):
+        return [AsDiscreted(keys=("pred", "label"), argmax=(True, False), to_onehot=(self.num_classes, self.num_classes))]
+
+    def val_post_transforms(self, context: Context):
+        return self.train_post_transforms(context)
+
+    def val_handlers(self, context: Context):
+        return [*super().val_handlers(context), PerClassDice(self._channels)]
+
+    def val_inferer(self, context: Context):
+        return SlidingWindowInferer(roi_size=self.roi_size, sw_batch_size=1, overlap=0.25)
+
+    def finalize(self, context: Context):
+        super().finalize(context)
+        if context.local_rank == 0:
+            engine = context.evaluator or context.trainer
+            engine.add_event_handler(Events.EPOCH_COMPLETED, lambda _: self._publish(context))
+
+    def _publish(self, context: Context) -> None:
+        # The infer task reloads when the published file's mtime changes: write it atomically.
+        best = os.path.join(context.output_dir, self._key_metric_filename)
+        if os.path.exists(best) and (not os.path.exists(self._publish_to) or os.path.getmtime(best) > os.path.getmtime(self._publish_to)):
+            save_atomically(load_state_dict(best), self._publish_to)
+            logger.info(f"Published {best} -> {self._publish_to}")
