@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import tempfile
 from typing import Dict
 
 from fastapi import HTTPException
@@ -94,11 +96,23 @@ class WholeBodyApp(MONAILabelApp):
         if model not in self._infers:
             raise NotFoundError(f"unknown model '{model}'; available: {', '.join(self._infers)}")
         image = request.get("image")
-        if isinstance(image, str) and not os.path.exists(image):
+        if isinstance(image, str) and not self._written_by_server(image):
             check_id(image, "image id")
             if not (datastore or self.datastore()).get_image_uri(image):
                 raise NotFoundError(f"image '{image}' not found in the datastore")
         return super().infer(request, datastore)
+
+    def _written_by_server(self, image: str) -> bool:
+        """An image given as a path is only trusted where the server itself put it: the temp file of
+        an upload to /infer, or a session's image. Anything else is a datastore id, so a client
+        cannot make the server read /etc/passwd or a study outside the datastore."""
+        if not (os.path.isabs(image) and os.path.exists(image)):
+            return False
+        real = os.path.realpath(image)
+        if os.path.dirname(real) == os.path.realpath(tempfile.gettempdir()):
+            return os.path.isfile(real) and re.fullmatch(r"tmp[a-z0-9_]{8}(\.[A-Za-z0-9]+)*", os.path.basename(real)) is not None
+        sessions = self.sessions()
+        return bool(sessions) and real.startswith(os.path.realpath(sessions.store_path) + os.sep)
 
     def train(self, request):
         if request.get("model") not in self._trainers:

@@ -68,7 +68,11 @@ class CTSegmentationTrainer(BasicTrainTask):
         return super().__call__(request, datastore)
 
     def network(self, context: Context):
-        return self._network_factory()
+        # Seeded like the infer task's untrained network, so training from scratch starts from the
+        # model the annotator has been correcting.
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            return self._network_factory()
 
     def loss_function(self, context: Context):
         return PartialLabelDiceCELoss()

@@ -1,0 +1,115 @@
+"""Shared fixtures: paths, the app on sys.path, and real MONAI Label servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = ROOT / "apps" / "wholebody"
+SHARED = ROOT.parent / "shared" / "data"
+CT = SHARED / "ct" / "example_ct_sm.nii.gz"
+
+sys.path.insert(0, str(APP))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def slicer_client_class():
+    """The HTTP client of the 3D Slicer MONAI Label module, as shipped in the monailabel wheel."""
+    path = Path(sys.prefix) / "monailabel" / "plugins" / "slicer" / "MONAILabel"
+    if not (path / "MONAILabelLib" / "client.py").exists():
+        raise RuntimeError(f"Slicer MONAI Label client not found under {path}")
+    sys.path.insert(0, str(path))
+    from MONAILabelLib.client import MONAILabelClient
+
+    return MONAILabelClient
+
+
+class Server:
+    """``monailabel start_server`` in its own process group, stopped with the test."""
+
+    def __init__(self, studies: Path, model_dir: Path, conf: dict[str, str], log: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.studies, self.model_dir, self.log = studies, model_dir, log
+        args = [
+            "monailabel", "start_server", "--app", str(APP), "--studies", str(studies),
+            "--host", "127.0.0.1", "--port", str(self.port),
+            "--conf", "model_dir", str(model_dir),
+        ]
+        for key, value in conf.items():
+            args += ["--conf", key, value]
+        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+        env.setdefault("MONAI_LABEL_DATASTORE_AUTO_RELOAD", "false")
+        self._log = open(log, "w")
+        self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self.started_in = self._wait()
+
+    def _wait(self, timeout: float = 120) -> float:
+        start = time.time()
+        while time.time() - start < timeout:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/info/", timeout=5) as r:
+                    if r.status == 200:
+                        return time.time() - start
+            except OSError:
+                time.sleep(0.5)
+        raise TimeoutError(f"server did not answer in {timeout} s: {self.log.read_text()[-3000:]}")
+
+    def info(self) -> dict:
+        with urllib.request.urlopen(f"{self.url}/info/", timeout=30) as r:
+            return json.load(r)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+        self._log.close()
+
+
+@pytest.fixture
+def start_server(tmp_path):
+    servers = []
+
+    def start(conf: dict[str, str] | None = None, studies: Path | None = None, model_dir: Path | None = None) -> Server:
+        if studies is None:
+            studies = tmp_path / "studies"
+            studies.mkdir(exist_ok=True)
+        model_dir = model_dir or tmp_path / "model"
+        # Offline by default: an unreachable weights URL, as on CI.
+        conf = {"weights_url": f"http://127.0.0.1:{free_port()}/", **(conf or {})}
+        server = Server(studies, model_dir, conf, tmp_path / f"server{len(servers)}.log")
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def ct_study(tmp_path) -> Path:
+    studies = tmp_path / "studies"
+    studies.mkdir(exist_ok=True)
+    shutil.copy(CT, studies / "ct.nii.gz")
+    return studies

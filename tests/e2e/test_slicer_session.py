@@ -1,0 +1,64 @@
+"""A 3D Slicer user's session, driven by the Slicer module's own HTTP client."""
+
+from __future__ import annotations
+
+import time
+
+import nrrd
+import numpy as np
+import pytest
+
+from conftest import CT, slicer_client_class
+
+pytestmark = pytest.mark.e2e
+
+
+def wait_for_training(client, timeout: float = 900) -> dict:
+    start = time.time()
+    while time.time() - start < timeout:
+        status = client.train_status()
+        if status.get("status") in ("DONE", "ERROR", "STOPPED"):
+            return status
+        time.sleep(3)
+    raise TimeoutError(f"training still running after {timeout} s: {status}")
+
+
+def test_infer_save_train_infer(start_server, tmp_path):
+    server = start_server({"models": "wholebody", "highres": "false"})
+    client = slicer_client_class()(server.url, tmpdir=str(tmp_path))
+
+    info = client.info()
+    model = info["models"]["wholebody"]
+    assert model["type"] == "segmentation"
+    assert model["labels"]["liver"] == 5 and len(model["labels"]) == 104
+    assert model["untrained"] is True
+
+    assert client.upload_image(str(CT), "ct")["image"] == "ct"
+
+    # What Slicer sends with every request.
+    slicer_params = {"result_extension": ".nrrd", "result_dtype": "uint8"}
+    result_file, params = client.infer("wholebody", "ct", slicer_params)
+    first, header = nrrd.read(result_file)
+    assert first.dtype == np.uint8 and first.shape == (122, 101, 30)
+    assert params["label_names"]["spleen"] == 1
+    assert np.allclose(np.diag(header["space directions"]).__abs__(), 3.0)
+
+    # The annotator corrects the label: a box of "liver" where the patient's liver is.
+    corrected = np.zeros_like(first)
+    corrected[10:60, 20:70, 5:25] = 5
+    label_file = tmp_path / "corrected.nrrd"
+    nrrd.write(str(label_file), corrected, header)
+    client.save_label("ct", str(label_file), params={"label_info": [{"name": "liver", "idx": 5}]})
+
+    client.train_start("wholebody", {"max_epochs": 1, "highres": False, "val_split": 0.0})
+    status = wait_for_training(client)
+    assert status["status"] == "DONE", status
+    stats = client.info()["train_stats"]["wholebody"]
+    assert stats["total_time"] and "liver" in stats["val_dice_per_class"], stats
+
+    weights = client.info()["models"]["wholebody"]["weights"]["lowres"]
+    assert weights["untrained"] is False and "trained here" in weights["message"]
+
+    second, _ = nrrd.read(client.infer("wholebody", "ct", slicer_params)[0])
+    assert second.shape == first.shape
+    assert (second != first).any(), "the retrained weights were not used"
