@@ -54,7 +54,7 @@ def test_infer_save_train_infer(start_server, tmp_path):
     status = wait_for_training(client)
     assert status["status"] == "DONE", status
     stats = client.info()["train_stats"]["wholebody"]
-    assert stats["total_time"] and "liver" in stats["val_dice_per_class"], stats
+    assert stats["total_time"] and "liver" in stats["eval"]["metrics"]["val_dice_per_class"], stats
 
     weights = client.info()["models"]["wholebody"]["weights"]["lowres"]
     assert weights["untrained"] is False and "trained here" in weights["message"]
