@@ -10,7 +10,7 @@ import torch
 from ignite.engine import Events
 from monai.handlers import MeanDice, from_engine
 from monai.inferers import SlidingWindowInferer
-from monai.transforms import AsDiscreted
+from monai.transforms import AsDiscreted, RandCropByPosNegLabeld, SpatialPadd
 from monailabel.tasks.train.basic_train import BasicTrainTask, Context
 
 from lib.checkpoints import load_state_dict, save_atomically
@@ -66,6 +66,23 @@ class CTSegmentationTrainer(BasicTrainTask):
         self._publish_to = trained
         self._start_from = trained if os.path.exists(trained) else official
         return super().__call__(request, datastore)
+
+    def random_patches(self, image_threshold: float, image_pad_mode: str = "constant") -> list:
+        """Pads short volumes (a few slices) to a full patch, then samples one patch, half of the
+        time centred on a labelled voxel."""
+        return [
+            SpatialPadd(keys=("image", "label"), spatial_size=self.roi_size, mode=(image_pad_mode, "constant")),
+            RandCropByPosNegLabeld(
+                keys=("image", "label"),
+                label_key="label",
+                spatial_size=self.roi_size,
+                pos=1,
+                neg=1,
+                num_samples=1,
+                image_key="image",
+                image_threshold=image_threshold,
+            ),
+        ]
 
     def network(self, context: Context):
         # Seeded like the infer task's untrained network, so training from scratch starts from the

@@ -12,10 +12,8 @@ from monai.transforms import (
     EnsureTyped,
     LoadImaged,
     Orientationd,
-    RandCropByPosNegLabeld,
     ScaleIntensityRanged,
     Spacingd,
-    SpatialPadd,
 )
 
 from lib.trainers.ct_segmentation import CTSegmentationTrainer
@@ -68,20 +66,7 @@ class SpleenSegmentation(CTSegmentationTrainer):
         ]
 
     def train_pre_transforms(self, context):
-        return [
-            *self._load(),
-            SpatialPadd(keys=("image", "label"), spatial_size=self.roi_size),
-            RandCropByPosNegLabeld(
-                keys=("image", "label"),
-                label_key="label",
-                spatial_size=self.roi_size,
-                pos=1,
-                neg=1,
-                num_samples=1,
-                image_key="image",
-                image_threshold=0.0,
-            ),
-        ]
+        return [*self._load(), *self.random_patches(image_threshold=0.0)]
 
     def val_pre_transforms(self, context):
         return [*self._load(), DivisiblePadd(keys=("image", "label"), k=UNET_DIVISOR)]

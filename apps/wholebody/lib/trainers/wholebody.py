@@ -11,10 +11,8 @@ from monai.transforms import (
     LoadImaged,
     NormalizeIntensityd,
     Orientationd,
-    RandCropByPosNegLabeld,
     ScaleIntensityd,
     Spacingd,
-    SpatialPadd,
 )
 
 from lib.conf import as_bool
@@ -81,21 +79,8 @@ class WholeBodySegmentation(CTSegmentationTrainer):
         ]
 
     def train_pre_transforms(self, context):
-        return [
-            *self._load(),
-            # Short volumes (a few slices) must still yield full patches.
-            SpatialPadd(keys=("image", "label"), spatial_size=self.roi_size, mode=("replicate", "constant")),
-            RandCropByPosNegLabeld(
-                keys=("image", "label"),
-                label_key="label",
-                spatial_size=self.roi_size,
-                pos=1,
-                neg=1,
-                num_samples=1,
-                image_key="image",
-                image_threshold=-1.0,
-            ),
-        ]
+        # Replicate padding, as the inferer pads windows.
+        return [*self._load(), *self.random_patches(image_threshold=-1.0, image_pad_mode="replicate")]
 
     def val_pre_transforms(self, context):
         return self._load()
