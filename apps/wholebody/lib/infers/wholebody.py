@@ -5,23 +5,10 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 import torch
-from monai.transforms import (
-    CastToTyped,
-    EnsureChannelFirstd,
-    EnsureTyped,
-    Invertd,
-    LoadImaged,
-    NormalizeIntensityd,
-    Orientationd,
-    ScaleIntensityd,
-    Spacingd,
-    SqueezeDimd,
-)
 
-from lib.conf import as_bool
-from lib.inferers.streaming_argmax import StreamingArgmaxInferer
+from lib.conf import as_bool, as_float
 from lib.infers.ct_segmentation import PRE_TRANSFORMS_KEY, CTSegmentationTask
-from lib.transforms.validate import CheckCTVolumed
+from lib.pipelines import wholebody as pipeline
 
 
 class WholeBodySegmentation(CTSegmentationTask):
@@ -62,38 +49,13 @@ class WholeBodySegmentation(CTSegmentationTask):
         return self.checkpoints[self.highres(data)]
 
     def pre_transforms(self, data=None):
-        return [
-            LoadImaged(keys="image"),
-            EnsureTyped(keys="image"),
-            EnsureChannelFirstd(keys="image"),
-            CheckCTVolumed(keys="image"),
-            Orientationd(keys="image", axcodes="RAS"),
-            # float32 rather than Spacingd's float64 default: half the memory, same labels.
-            Spacingd(keys="image", pixdim=self.pixdim[self.highres(data)], mode="bilinear", dtype=torch.float32),
-            NormalizeIntensityd(keys="image", nonzero=True),
-            ScaleIntensityd(keys="image", minv=-1.0, maxv=1.0),
-        ]
+        return pipeline.preprocessing(self.pixdim[self.highres(data)], data.get("device"))
 
     def inferer(self, data=None):
-        return StreamingArgmaxInferer(
-            roi_size=self.roi_size,
-            overlap=float(data.get("sw_overlap", self._config["sw_overlap"])),
-            mode="gaussian",
-            padding_mode="replicate",
-        )
+        return pipeline.inferer(self.roi_size, as_float(data.get("sw_overlap", self._config["sw_overlap"]), "sw_overlap", 0.0, 0.9))
 
     def inverse_transforms(self, data=None):
         return None  # inverted in post_transforms with Invertd, as the bundle does
 
     def post_transforms(self, data=None):
-        return [
-            Invertd(
-                keys="pred",
-                transform=data[PRE_TRANSFORMS_KEY],
-                orig_keys="image",
-                nearest_interp=True,
-                to_tensor=True,
-            ),
-            SqueezeDimd(keys="pred", dim=0),
-            CastToTyped(keys="pred", dtype=torch.uint8),
-        ]
+        return pipeline.postprocessing(data[PRE_TRANSFORMS_KEY])
