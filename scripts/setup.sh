@@ -10,8 +10,16 @@ command -v "$python" >/dev/null || python=python3
 "$python" -c 'import sys; assert sys.version_info[:2] == (3, 11), sys.version' >&2 || {
   echo "setup: Python 3.11 is required (found $("$python" --version 2>&1))" >&2; exit 1; }
 
+# --- hospital set-up: Debian packages for the PACS (Orthanc + DICOMweb) and browser (Chromium) tests
+"$root/scripts/install-system-packages.sh" >&2
+# ---
+
 hash="$(sha256sum "$lock" | cut -c1-12)"
 venv="${WHOLEBODY_VENV:-$HOME/.cache/wholebody/venv-$hash}"
+mkdir -p "$(dirname "$venv")"
+# Two set-ups at once (a server and the tests, say) must not build the same environment twice.
+exec 9>"$venv.lock"
+flock 9
 if [ ! -f "$venv/.installed" ]; then
   echo "setup: installing pinned dependencies into $venv (first run: about 5 minutes)" >&2
   rm -rf "$venv"

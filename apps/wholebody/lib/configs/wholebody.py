@@ -12,10 +12,7 @@ from lib.conf import Conf
 from lib.labels import wholebody_labels
 from lib.networks import wholebody_segresnet
 from lib.official_checkpoint import OfficialCheckpoint
-
-PIXDIM = {True: (1.5, 1.5, 1.5), False: (3.0, 3.0, 3.0)}
-ROI_SIZE = (96, 96, 96)
-OVERLAP = 0.25
+from lib.pipelines.wholebody import OVERLAP, PIXDIM, ROI_SIZE
 
 
 class WholeBodySegmentation(TaskConfig):

@@ -59,7 +59,7 @@ class SpleenSegmentation(CTSegmentationTask):
             EnsureChannelFirstd(keys="image"),
             CheckCTVolumed(keys="image"),
             Orientationd(keys="image", axcodes="RAS"),
-            Spacingd(keys="image", pixdim=self.pixdim, mode="bilinear", dtype=torch.float32),
+            Spacingd(keys="image", pixdim=self.pixdim, mode="bilinear"),
             ScaleIntensityRanged(
                 keys="image", a_min=self.hu_window[0], a_max=self.hu_window[1], b_min=0.0, b_max=1.0, clip=True
             ),
