@@ -12,6 +12,7 @@ from lib.conf import Conf
 from lib.labels import SPLEEN_LABELS
 from lib.networks import spleen_unet
 from lib.official_checkpoint import OfficialCheckpoint
+from lib.tensorrt import precision_from_conf
 
 PIXDIM = (1.5, 1.5, 2.0)
 HU_WINDOW = (-57.0, 164.0)
@@ -27,6 +28,7 @@ class SpleenSegmentation(TaskConfig):
         self.labels = SPLEEN_LABELS
         self.max_epochs = options.int("max_epochs", 50, minimum=1)
         self.val_split = options.float("val_split", 0.2, low=0.0, high=0.9)
+        self.trt_precision = precision_from_conf(options)
         self.checkpoint = OfficialCheckpoint("spleen", model_dir, options, os.path.join(model_dir, f"{name}.pt"))
         self.checkpoint.fetch_in_background()
 
@@ -44,6 +46,7 @@ class SpleenSegmentation(TaskConfig):
             overlap=OVERLAP,
             sw_batch_size=SW_BATCH_SIZE,
             weights=self.weights,
+            trt_precision=self.trt_precision,
         )
 
     def trainer(self):

@@ -12,6 +12,7 @@ from lib.conf import Conf
 from lib.labels import wholebody_labels
 from lib.networks import wholebody_segresnet
 from lib.official_checkpoint import OfficialCheckpoint
+from lib.tensorrt import precision_from_conf
 from lib.pipelines.wholebody import OVERLAP, PIXDIM, ROI_SIZE
 
 
@@ -23,6 +24,7 @@ class WholeBodySegmentation(TaskConfig):
         self.highres = options.bool("highres", True)
         self.max_epochs = options.int("max_epochs", 50, minimum=1)
         self.val_split = options.float("val_split", 0.2, low=0.0, high=0.9)
+        self.trt_precision = precision_from_conf(options)
         self.checkpoints = {
             True: OfficialCheckpoint("wholebody_highres", model_dir, options, os.path.join(model_dir, f"{name}_highres.pt")),
             False: OfficialCheckpoint("wholebody_lowres", model_dir, options, os.path.join(model_dir, f"{name}_lowres.pt")),
@@ -43,6 +45,7 @@ class WholeBodySegmentation(TaskConfig):
             overlap=OVERLAP,
             highres=self.highres,
             weights=self.weights,
+            trt_precision=self.trt_precision,
         )
 
     def trainer(self):

@@ -12,6 +12,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from lib.checkpoints import load_state_dict
+from lib.tensorrt import accelerate
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ class CTSegmentationTask(BasicInferTask):
         weights: Callable[[], dict[str, Any]],
         config: dict[str, Any] | None = None,
         paths: Sequence[str] = (),
+        trt_precision: str | None = None,
     ):
         super().__init__(
             path=list(paths),
@@ -46,6 +48,7 @@ class CTSegmentationTask(BasicInferTask):
         )
         self._weights = weights
         self._network_factory = network_factory
+        self._trt_precision = trt_precision
         self._cache: dict[tuple[str, str | None], tuple[torch.nn.Module, float]] = {}
 
     def info(self) -> dict[str, Any]:
@@ -81,6 +84,8 @@ class CTSegmentationTask(BasicInferTask):
         else:
             logger.warning(f"{self.description}: no checkpoint found, running untrained weights")
         network = network.to(torch.device(device)).eval()
+        if self._trt_precision:
+            network = accelerate(network, path, device, self._trt_precision)
         self._cache = {k: v for k, v in self._cache.items() if k[0] != str(device)}
         self._cache[(str(device), path)] = (network, mtime)
         return network

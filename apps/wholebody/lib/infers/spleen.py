@@ -39,12 +39,14 @@ class SpleenSegmentation(CTSegmentationTask):
         overlap: float,
         sw_batch_size: int,
         weights: Callable[[], dict[str, Any]],
+        trt_precision: str | None = None,
     ):
         super().__init__(
             network_factory=network_factory,
             labels=labels,
             description="Spleen (UNet, MONAI spleen_ct_segmentation)",
             weights=weights,
+            trt_precision=trt_precision,
             paths=paths,
         )
         self.pixdim = pixdim

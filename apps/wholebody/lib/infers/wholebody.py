@@ -29,12 +29,14 @@ class WholeBodySegmentation(CTSegmentationTask):
         overlap: float,
         highres: bool,
         weights: Callable[[], dict[str, Any]],
+        trt_precision: str | None = None,
     ):
         super().__init__(
             network_factory=network_factory,
             labels=labels,
             description="104 TotalSegmentator structures (SegResNet, MONAI wholeBody_ct_segmentation)",
             weights=weights,
+            trt_precision=trt_precision,
             config={"highres": highres, "sw_overlap": overlap},
             paths=[p for paths in checkpoints.values() for p in paths],
         )
