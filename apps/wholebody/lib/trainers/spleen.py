@@ -57,7 +57,7 @@ class SpleenSegmentation(CTSegmentationTrainer):
             LoadImaged(keys=("image", "label")),
             EnsureChannelFirstd(keys=("image", "label")),
             Orientationd(keys=("image", "label"), axcodes="RAS"),
-            Spacingd(keys=("image", "label"), pixdim=self.pixdim, mode=("bilinear", "nearest"), dtype=(torch.float32, torch.uint8)),
+            Spacingd(keys=("image", "label"), pixdim=self.pixdim, mode=("bilinear", "nearest"), dtype=(torch.float32, torch.float32)),
             ScaleIntensityRanged(
                 keys="image", a_min=self.hu_window[0], a_max=self.hu_window[1], b_min=0.0, b_max=1.0, clip=True
             ),

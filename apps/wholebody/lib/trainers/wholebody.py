@@ -71,7 +71,7 @@ class WholeBodySegmentation(CTSegmentationTrainer):
                 keys=("image", "label"),
                 pixdim=self.pixdim[self._highres],
                 mode=("bilinear", "nearest"),
-                dtype=(torch.float32, torch.uint8),
+                dtype=(torch.float32, torch.float32),
             ),
             NormalizeIntensityd(keys="image", nonzero=True),
             ScaleIntensityd(keys="image", minv=-1.0, maxv=1.0),
