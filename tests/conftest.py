@@ -113,3 +113,36 @@ def ct_study(tmp_path) -> Path:
     studies.mkdir(exist_ok=True)
     shutil.copy(CT, studies / "ct.nii.gz")
     return studies
+
+
+# ----------------------------------------------------------------------------- hospital set-up
+# A DICOMweb PACS (Orthanc + DICOMweb plugin) of the test's own; scripts/pacs.py is the same
+# tool the README uses to start and fill one by hand.
+PACS_SERIES = SHARED / "ct" / "example_ct_dicom_pacs"
+
+
+@pytest.fixture(scope="session")
+def pacs_tools():
+    """scripts/pacs.py as a module (Orthanc, upload, MissingUidError)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pacs", ROOT / "scripts" / "pacs.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["pacs"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def orthanc(tmp_path, pacs_tools):
+    """Orthanc on 127.0.0.1 (free ports, storage under tmp_path, HTTP basic auth with a generated
+    password); stopped after the test. Fails, never skips, when Orthanc cannot run here."""
+    import secrets
+
+    server = pacs_tools.Orthanc(tmp_path / "orthanc", user="radiology", password=secrets.token_urlsafe(16))
+    try:
+        server.start()
+    except pacs_tools.PacsError as e:
+        pytest.fail(f"Orthanc could not start: {e}")
+    yield server
+    server.stop()

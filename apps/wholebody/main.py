@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 import tempfile
 from typing import Dict
 
@@ -12,12 +13,15 @@ from fastapi import HTTPException
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.infer_v2 import InferTask
+from monailabel.interfaces.tasks.scoring import ScoringMethod
 from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
 
 import lib.configs
+from lib.activelearning import datastore_info, trigger
+from lib.activelearning.handout import Exclusive, Handouts
 from lib.conf import Conf, ConfError
 from lib.datastore import CheckedLocalDatastore
 from lib.http_errors import NotFoundError, check_id
@@ -66,6 +70,36 @@ class WholeBodyApp(MONAILabelApp):
             read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
         )
 
+    # --- remote datastore: a DICOMweb PACS (lib/dicomweb_datastore.py; README "Hospital set-up") ---
+    def init_remote_datastore(self) -> Datastore:
+        """``--studies http(s)://.../dicom-web``: series from the PACS, labels back as DICOM SEG
+        written in Python. Never downloads dcmqi (stock MONAI Label does, and crashes offline)."""
+        from monailabel.config import settings
+
+        from lib import dicomweb_datastore
+
+        if settings.MONAI_LABEL_DATASTORE.lower() in ("xnat", "dsa"):
+            return super().init_remote_datastore()
+        model_labels = {name: dict(getattr(config, "labels", None) or {}) for name, config in self.models.items()}
+        store = dicomweb_datastore.create(self.studies, self.options, model_labels, "0.1.0")
+        if "monailabel.app" in sys.modules and "googleapis.com" not in self.studies:
+            # Under the server: OHIF's proxy to the PACS, fixed (Google's keeps the stock proxy and its tokens).
+            from lib import dicomweb_proxy
+
+            dicomweb_proxy.install(sys.modules["monailabel.app"].app)
+        return store
+
+    def on_save_label(self, image_id, label_id):
+        """The answer to a saved label says whether it reached the PACS or waits for it."""
+        answer = super().on_save_label(image_id, label_id) or {}
+        self._release_handout(image_id)  # active learning: the study is free for others again
+        upload_status = getattr(self.datastore(), "upload_status", None)
+        if upload_status:
+            answer["pacs"] = upload_status(image_id)
+        return answer
+
+    # --- end of remote datastore ---
+
     def init_infers(self) -> Dict[str, InferTask]:
         infers: Dict[str, InferTask] = {}
         for name, config in self.models.items():
@@ -79,8 +113,47 @@ class WholeBodyApp(MONAILabelApp):
         trainers = {name: config.trainer() for name, config in self.models.items()}
         return {name: t for name, t in trainers.items() if t}
 
+    # --- active learning: strategies, scoring, hand-outs (lib/activelearning/; README "Active learning") ---
     def init_strategies(self) -> Dict[str, Strategy]:
-        return {"random": Random(), "first": First()}
+        """``random``, ``first`` and the models' own (``uncertainty``), each handing out only studies
+        that no other client is annotating."""
+        self.handouts = Handouts(self.options.float("al_lock_minutes", 30.0, low=0.0))
+        chosen: Dict[str, Strategy] = {"random": Random(), "first": First()}
+        for config in self.models.values():
+            chosen.update(self._by_name(config.strategy(), config.name))
+        return {name: Exclusive(strategy, self.handouts) for name, strategy in chosen.items()}
+
+    def init_scoring_methods(self) -> Dict[str, ScoringMethod]:
+        methods: Dict[str, ScoringMethod] = {}
+        for config in self.models.values():
+            methods.update(self._by_name(config.scoring_method(), config.name))
+        return methods
+
+    def async_scoring(self, method, params=None):
+        """Scores after training, next-sample requests and start-up, only when a study needs one."""
+        return trigger.async_scoring(self, method, params)
+
+    def datastore(self) -> Datastore:
+        """In the server process, re-read ``datastore_v2.json`` when another process (a scoring task)
+        changed it, so scores show in ``/datastore`` and the server's next write keeps them."""
+        store = super().datastore()
+        if getattr(self, "_server_mode", False):
+            datastore_info.reload(store)
+        return store
+
+    def _release_handout(self, image_id):
+        handouts = getattr(self, "handouts", None)
+        if handouts:
+            handouts.release(image_id)
+
+    @staticmethod
+    def _by_name(tasks, name: str) -> dict:
+        """A config's ``strategy()`` / ``scoring_method()`` answer (None, one task, or name -> task) as a dict."""
+        if tasks is None:
+            return {}
+        return dict(tasks) if isinstance(tasks, dict) else {name: tasks}
+
+    # --- end of active learning ---
 
     def on_init_complete(self):
         # Imported here: the FastAPI app exists only when running under the server.

@@ -8,7 +8,9 @@ from monailabel.interfaces.config import TaskConfig
 
 import lib.infers.wholebody
 import lib.trainers.wholebody
-from lib.conf import Conf
+from lib.activelearning.scoring import SCORE_KEY, WholeBodyUncertainty
+from lib.activelearning.strategies import Uncertainty
+from lib.conf import Conf, ConfError
 from lib.labels import wholebody_labels
 from lib.networks import wholebody_segresnet
 from lib.official_checkpoint import OfficialCheckpoint
@@ -31,6 +33,14 @@ class WholeBodySegmentation(TaskConfig):
         }
         for checkpoint in self.checkpoints.values():
             checkpoint.fetch_in_background()
+        # Active learning (README "Active learning"): the cost of one study's score is
+        # al_mc_samples x al_windows forward passes of al_roi^3 voxels at 3 mm.
+        self.al_mc_samples = options.int("al_mc_samples", 4, minimum=2)
+        self.al_windows = options.int("al_windows", 1, minimum=1)
+        self.al_roi = options.int("al_roi", 64, minimum=16)
+        if self.al_roi % 8:
+            raise ConfError(f"'al_roi' must be a multiple of 8 (the SegResNet halves the size 3 times), got {self.al_roi}")
+        self.al_threads = options.int("al_threads", 1, minimum=1)
 
     def weights(self):
         return {("highres" if res else "lowres"): c.status() for res, c in self.checkpoints.items()}
@@ -60,3 +70,22 @@ class WholeBodySegmentation(TaskConfig):
             max_epochs=self.max_epochs,
             val_split=self.val_split,
         )
+
+    # --- active learning (lib/activelearning/) ---
+    def scoring_method(self):
+        """MC dropout uncertainty of the lowres model, whatever ``highres`` serves: cheap enough for the
+        background, and scores of one model stay comparable."""
+        return {
+            SCORE_KEY: WholeBodyUncertainty(
+                network_factory=wholebody_segresnet,
+                checkpoint_paths=self.checkpoints[False].paths,
+                pixdim=PIXDIM[False],
+                roi_size=(self.al_roi,) * 3,
+                mc_samples=self.al_mc_samples,
+                windows=self.al_windows,
+                threads=self.al_threads,
+            )
+        }
+
+    def strategy(self):
+        return {"uncertainty": Uncertainty(SCORE_KEY)}

@@ -1,0 +1,335 @@
+"""Label maps to DICOM SEG and back, in Python (highdicom), with standard codes for the segments.
+
+Stock MONAI Label writes DICOM SEG with dcmqi's ``itkimage2segimage`` binary, downloaded from
+GitHub at start-up, and codes every segment as "Spleen" (SCT 78961009) whatever its name. Here:
+
+- each segment is named as the model (or the annotator) named it, so that training maps it back
+  to the right channel;
+- its Segmented Property Category / Type come from SNOMED CT where the structure has a code in the
+  DICOM standard (the codes below all appear in DICOM PS3.16, as shipped in ``pydicom.sr``);
+  left / right go into the Segmented Property Type Modifier (SCT 7771000 / 24028007), as dcmqi
+  and 3D Slicer do; a structure without a code gets the generic Tissue / Tissue (SCT 85756007);
+- the SEG references its source series and instances, and frames follow the source slices.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+SCT = "SCT"
+
+# (code value, code meaning) of SNOMED CT concepts from DICOM PS3.16.
+ANATOMICAL_STRUCTURE = ("123037004", "Anatomical Structure")
+MORPHOLOGICALLY_ABNORMAL = ("49755003", "Morphologically Abnormal Structure")
+TISSUE = ("85756007", "Tissue")
+LEFT = ("7771000", "Left")
+RIGHT = ("24028007", "Right")
+
+# Structure (its words, without left/right and level numbers) -> SNOMED CT type.
+# Names of the wholeBody bundle (TotalSegmentator v1), the spleen bundle and VISTA3D.
+STRUCTURE_CODES: dict[str, tuple[str, str]] = {
+    "spleen": ("78961009", "Spleen"),
+    "kidney": ("64033007", "Kidney"),
+    "gallbladder": ("28231008", "Gallbladder"),
+    "liver": ("10200004", "Liver"),
+    "stomach": ("69695003", "Stomach"),
+    "aorta": ("15825003", "Aorta"),
+    "inferior vena cava": ("64131007", "Inferior vena cava"),
+    "postcava": ("64131007", "Inferior vena cava"),
+    "superior vena cava": ("48345005", "Superior vena cava"),
+    "pancreas": ("15776009", "Pancreas"),
+    "adrenal gland": ("23451007", "Adrenal gland"),
+    "lung": ("39607008", "Lung"),
+    "lung upper lobe": ("45653009", "Upper lobe of lung"),
+    "lung middle lobe": ("72481006", "Middle lobe of right lung"),
+    "lung lower lobe": ("90572001", "Lower lobe of lung"),
+    "esophagus": ("32849002", "Esophagus"),
+    "trachea": ("44567001", "Trachea"),
+    "duodenum": ("38848004", "Duodenum"),
+    "small bowel": ("30315005", "Small intestine"),
+    "small intestine": ("30315005", "Small intestine"),
+    "colon": ("71854001", "Colon"),
+    "rectum": ("34402009", "Rectum"),
+    "urinary bladder": ("89837001", "Urinary bladder"),
+    "bladder": ("89837001", "Urinary bladder"),
+    "prostate": ("41216001", "Prostate"),
+    "heart": ("80891009", "Heart"),
+    "heart atrium": ("59652004", "Atrium"),
+    "heart ventricle": ("21814001", "Ventricle"),
+    "pulmonary artery": ("81040000", "Pulmonary artery"),
+    "pulmonary vein": ("122972007", "Pulmonary vein"),
+    "brachiocephalic trunk": ("12691009", "Brachiocephalic trunk"),
+    "brachiocephalic vein": ("8887007", "Brachiocephalic vein"),
+    "common carotid artery": ("32062004", "Common carotid artery"),
+    "subclavian artery": ("36765005", "Subclavian artery"),
+    "iliac artery": ("10293006", "Iliac artery"),
+    "iliac vena": ("244411005", "Iliac vein"),
+    "brain": ("12738006", "Brain"),
+    "spinal cord": ("2748008", "Spinal cord"),
+    "thyroid gland": ("69748006", "Thyroid"),
+    "skull": ("89546000", "Skull"),
+    "face": ("89545001", "Face"),
+    "vertebrae": ("51282000", "Vertebra"),
+    "rib": ("113197003", "Rib"),
+    "costal cartilages": ("50016007", "Costal cartilage"),
+    "sternum": ("56873002", "Sternum"),
+    "humerus": ("85050009", "Humerus"),
+    "scapula": ("79601000", "Scapula"),
+    "clavicula": ("51299004", "Clavicle"),
+    "femur": ("71341001", "Femur"),
+    "sacrum": ("54735007", "Sacrum"),
+    "bone": ("272673000", "Bone"),
+    # No code of their own in DICOM: the tissue they are made of.
+    "hip": ("272673000", "Bone"),
+    "gluteus maximus": ("71616004", "Muscle"),
+    "gluteus medius": ("71616004", "Muscle"),
+    "gluteus minimus": ("71616004", "Muscle"),
+    "autochthon": ("71616004", "Muscle"),
+    "iliopsoas": ("71616004", "Muscle"),
+}
+# Atria and ventricles: side given by the structure itself.
+_ATRIA = {"left": ("82471001", "Left atrium"), "right": ("73829009", "Right atrium")}
+_VENTRICLES = {"left": ("87878005", "Left ventricle"), "right": ("53085002", "Right ventricle")}
+
+# Abnormal findings (VISTA3D): category Morphologically Abnormal Structure.
+FINDING_CODES: dict[str, tuple[str, str]] = {
+    "tumor": ("108369006", "Neoplasm"),
+    "primaries": ("108369006", "Neoplasm"),
+    "cancer": ("108369006", "Neoplasm"),
+    "cyst": ("367643001", "Cyst"),
+    "mass": ("4147007", "Mass"),
+    "lesion": ("52988006", "Lesion"),
+    "nodule": ("27925004", "Nodule"),
+}
+
+_LEVEL = re.compile(r"^(?:[ctls]\d{1,2}|\d+)$")  # vertebra levels (L3, T12, C1, S1) and rib numbers
+
+
+@dataclass(frozen=True)
+class SegmentCodes:
+    category: tuple[str, str]
+    type: tuple[str, str]
+    modifier: tuple[str, str] | None = None
+
+    @property
+    def generic(self) -> bool:
+        return self.type == TISSUE
+
+
+def _words(name: str) -> list[str]:
+    return [w for w in re.split(r"[\s_\-/]+", name.strip().lower()) if w]
+
+
+def segment_codes(name: str) -> SegmentCodes:
+    """SNOMED CT category, type and laterality of a structure name such as ``kidney_left``,
+    ``left kidney``, ``vertebrae_L3`` or ``hepatic tumor``; generic Tissue when unknown."""
+    words = _words(name)
+    side = next((w for w in words if w in ("left", "right")), None)
+    rest = [w for w in words if w not in ("left", "right") and not _LEVEL.match(w)]
+    modifier = {"left": LEFT, "right": RIGHT}.get(side) if side else None
+
+    for word in rest:
+        if word in FINDING_CODES:
+            return SegmentCodes(MORPHOLOGICALLY_ABNORMAL, FINDING_CODES[word], modifier)
+
+    key = " ".join(rest)
+    if side and key == "heart atrium":
+        return SegmentCodes(ANATOMICAL_STRUCTURE, _ATRIA[side])
+    if side and key == "heart ventricle":
+        return SegmentCodes(ANATOMICAL_STRUCTURE, _VENTRICLES[side])
+    if key == "vertebrae" and [w for w in words if w == "c1"]:
+        return SegmentCodes(ANATOMICAL_STRUCTURE, ("14806007", "C1 vertebra"))
+    # "lung upper lobe", "upper lobe lung", "lung_upper_lobe" are the same structure.
+    by_words = {frozenset(k.split()): v for k, v in STRUCTURE_CODES.items()}
+    code = STRUCTURE_CODES.get(key) or by_words.get(frozenset(rest))
+    if code:
+        if code[0] == "72481006":  # the middle lobe is the right lung's: no modifier needed
+            modifier = None
+        return SegmentCodes(ANATOMICAL_STRUCTURE, code, modifier)
+    return SegmentCodes(TISSUE, TISSUE, modifier)
+
+
+def display_color(name: str) -> tuple[int, int, int]:
+    """A colour for the segment: MONAI Label's anatomy colours where the name is known."""
+    try:
+        from monailabel.datastore.utils.colors import GENERIC_ANATOMY_COLORS as colors
+    except ImportError:  # pragma: no cover - monailabel is always there in the app
+        colors = {}
+    words = _words(name)
+    side = [w for w in words if w in ("left", "right")]
+    rest = [w for w in words if w not in ("left", "right")]
+    for candidate in (" ".join(words), " ".join(side + rest), " ".join(rest)):
+        if candidate in colors:
+            return tuple(int(c) for c in colors[candidate][:3])
+    hue = int(hashlib.md5(name.encode()).hexdigest()[:4], 16) / 0xFFFF
+    return tuple(int(round(255 * c)) for c in colorsys.hsv_to_rgb(hue, 0.65, 0.9))
+
+
+def rgb_to_dicom_lab(rgb: Sequence[int]) -> list[int]:
+    """sRGB (0..255) -> CIELab (D65) scaled to 0..65535 as DICOM's RecommendedDisplayCIELabValue."""
+
+    def linear(c: float) -> float:
+        c /= 255.0
+        return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
+
+    r, g, b = (linear(c) for c in rgb)
+    x = (0.4124564 * r + 0.3575761 * g + 0.1804375 * b) / 0.95047
+    y = 0.2126729 * r + 0.7151522 * g + 0.0721750 * b
+    z = (0.0193339 * r + 0.1191920 * g + 0.9503041 * b) / 1.08883
+
+    def f(t: float) -> float:
+        return t ** (1 / 3) if t > 216 / 24389 else (24389 / 27 * t + 16) / 116
+
+    lab_l, lab_a, lab_b = 116 * f(y) - 16, 500 * (f(x) - f(y)), 200 * (f(y) - f(z))
+    return [
+        int(round(max(0.0, min(100.0, lab_l)) * 65535 / 100)),
+        int(round((max(-128.0, min(127.0, lab_a)) + 128) * 65535 / 255)),
+        int(round((max(-128.0, min(127.0, lab_b)) + 128) * 65535 / 255)),
+    ]
+
+
+def _coded(code: tuple[str, str]):
+    from highdicom.sr.coding import CodedConcept
+
+    return CodedConcept(value=code[0], scheme_designator=SCT, meaning=code[1])
+
+
+def segment_description(number: int, name: str, algorithm: str | None, version: str):
+    """A highdicom SegmentDescription: SEMIAUTOMATIC with the model named when a model made
+    (and a person saved) the label, MANUAL otherwise."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    seg_codes = segment_codes(name)
+    if algorithm:
+        algorithm_type = hd.seg.SegmentAlgorithmTypeValues.SEMIAUTOMATIC
+        identification = hd.AlgorithmIdentificationSequence(
+            name=algorithm, family=codes.cid7162.ArtificialIntelligence, version=version
+        )
+    else:
+        algorithm_type, identification = hd.seg.SegmentAlgorithmTypeValues.MANUAL, None
+    description = hd.seg.SegmentDescription(
+        segment_number=number,
+        segment_label=name[:64],
+        segmented_property_category=_coded(seg_codes.category),
+        segmented_property_type=_coded(seg_codes.type),
+        algorithm_type=algorithm_type,
+        algorithm_identification=identification,
+    )
+    if seg_codes.modifier:
+        description.SegmentedPropertyTypeModifierCodeSequence = [_coded(seg_codes.modifier)]
+    description.RecommendedDisplayCIELabValue = rgb_to_dicom_lab(display_color(name))
+    return description
+
+
+def slice_spacing(sources: Sequence) -> float | None:
+    """The real distance between slices. Readers that rebuild the volume from a SEG (pydicom-seg,
+    hence MONAI Label) take SpacingBetweenSlices, else the slice thickness: on the shared CT, 3 mm
+    slices every 2 mm, the thickness alone puts the frames up to 50 % off."""
+    first = sources[0]
+    orientation = np.asarray(first.ImageOrientationPatient, dtype=float)
+    normal = np.cross(orientation[:3], orientation[3:])
+    positions = sorted(float(np.dot(normal, np.asarray(ds.ImagePositionPatient, dtype=float))) for ds in sources)
+    gaps = np.diff(positions)
+    return round(float(np.median(gaps)), 6) if len(gaps) else None
+
+
+def write_seg(
+    source_files: Sequence[str],
+    labelmap: np.ndarray,
+    names: Mapping[int, str],
+    output_file: str,
+    *,
+    algorithm: str | None = None,
+    version: str = "",
+    series_description: str = "MONAI Label",
+    series_number: int = 300,
+    content_creator: str | None = None,
+) -> dict:
+    """Writes ``labelmap`` (frames x rows x columns, frame i lying on ``source_files[i]``) as a
+    binary DICOM SEG. Label values become consecutive segment numbers (DICOM requires 1..n);
+    returns the SEG's UIDs and ``segments``: [{number, value, name, code}]."""
+    import highdicom as hd
+    import pydicom
+
+    sources = [pydicom.dcmread(path) for path in source_files]
+    if labelmap.shape != (len(sources), int(sources[0].Rows), int(sources[0].Columns)):
+        raise ValueError(
+            f"label map {labelmap.shape} does not match the series ({len(sources)} x {sources[0].Rows} x {sources[0].Columns})"
+        )
+    values = [int(v) for v in np.unique(labelmap) if v != 0]
+    if not values:
+        raise ValueError("the label is empty: a DICOM SEG needs at least one segment")
+    lut = np.zeros(int(labelmap.max()) + 1, dtype=np.uint16)
+    segments, descriptions = [], []
+    for number, value in enumerate(values, start=1):
+        lut[value] = number
+        name = names.get(value) or f"Segment {value}"
+        descriptions.append(segment_description(number, name, algorithm, version))
+        codes = segment_codes(name)
+        segments.append({"number": number, "value": value, "name": name, "code": codes.type[0]})
+    pixel_array = lut[labelmap.astype(np.int64)]
+    pixel_array = pixel_array.astype(np.uint8 if len(values) < 256 else np.uint16)
+
+    seg = hd.seg.Segmentation(
+        source_images=sources,
+        pixel_array=pixel_array,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=hd.UID(),
+        series_number=series_number,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="MONAI Label",
+        manufacturer_model_name="wholebody app",
+        software_versions=version or "0",
+        device_serial_number="0",
+        content_label="SEGMENTATION",
+        content_description=series_description[:64],
+        content_creator_name=content_creator,
+        series_description=series_description[:64],
+    )
+    # Set after construction: passing different pixel measures makes highdicom treat the frames
+    # as resampled (each would reference every source slice).
+    measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    spacing = slice_spacing(sources)
+    if spacing:
+        measures.SpacingBetweenSlices = spacing
+    # When it was made, where PACS worklists (and the newest-label choice) look for it.
+    seg.SeriesDate, seg.SeriesTime = seg.ContentDate, seg.ContentTime
+    seg.save_as(output_file)
+    return {
+        "SeriesInstanceUID": str(seg.SeriesInstanceUID),
+        "SOPInstanceUID": str(seg.SOPInstanceUID),
+        "StudyInstanceUID": str(seg.StudyInstanceUID),
+        "segments": segments,
+    }
+
+
+def read_seg(seg_file: str, source_uids: Sequence[str]) -> tuple[np.ndarray, dict[int, str]]:
+    """A SEG as a label map on the given source instances (frames x rows x columns; value =
+    segment number) and its segment names {number: label}."""
+    import highdicom as hd
+
+    seg = hd.seg.segread(seg_file)
+    names = {int(item.SegmentNumber): str(item.SegmentLabel) for item in seg.SegmentSequence}
+    referenced = {uid for _, _, uid in seg.get_source_image_uids()}
+    present = [uid for uid in source_uids if uid in referenced]
+    labelmap = np.zeros((len(source_uids),) + (int(seg.Rows), int(seg.Columns)), dtype=np.uint16)
+    if present:
+        pixels = seg.get_pixels_by_source_instance(
+            source_sop_instance_uids=present, combine_segments=True, skip_overlap_checks=True
+        )
+        index = {uid: i for i, uid in enumerate(source_uids)}
+        for k, uid in enumerate(present):
+            labelmap[index[uid]] = pixels[k]
+    return labelmap, names

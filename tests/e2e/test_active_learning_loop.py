@@ -1,0 +1,94 @@
+"""The active learning loop through the 3D Slicer module's own client, two annotators at once:
+next sample by uncertainty, infer, save label, train, the scores follow the new model, next sample."""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import nrrd
+import numpy as np
+import pytest
+
+from conftest import CT, slicer_client_class
+from lib.phantom import write_phantom
+
+pytestmark = pytest.mark.e2e
+
+KEY = "wholebody_uncertainty"
+# Small phantoms at the lowres model's 3 mm, one inference window each.
+PHANTOM = {"shape": (64, 54, 42), "spacing": (3.0, 3.0, 3.0)}
+
+
+def scores(client) -> dict[str, dict]:
+    """What ``/datastore/?output=all`` shows of the unlabeled studies' scores."""
+    objects = client.datastore()["objects"]
+    return {i: o["image"]["info"].get(KEY) for i, o in objects.items() if "final" not in o.get("labels", {})}
+
+
+def wait_for_scores(client, model: str, timeout: float = 240) -> dict[str, dict]:
+    start = time.time()
+    while time.time() - start < timeout:
+        current = scores(client)
+        if all(r and r["model"] == model for r in current.values()):
+            return current
+        time.sleep(2)
+    raise TimeoutError(f"scores from '{model}' missing after {timeout} s: {current}")
+
+
+def wait_for_training(client, timeout: float = 600) -> dict:
+    start = time.time()
+    while time.time() - start < timeout:
+        status = client.train_status()
+        if status.get("status") in ("DONE", "ERROR", "STOPPED"):
+            return status
+        time.sleep(3)
+    raise TimeoutError(f"training still running after {timeout} s: {status}")
+
+
+def test_next_sample_infer_save_train_next_sample(start_server, tmp_path):
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    shutil.copy(CT, studies / "ct.nii.gz")
+    for seed in (1, 2):
+        write_phantom(studies / f"phantom{seed}.nii.gz", seed=seed, variation=0.5, **PHANTOM)
+    # Two passes over one 48^3 window per study keep the test short; the defaults are 4 and 64^3.
+    server = start_server({"models": "wholebody", "highres": "false", "al_mc_samples": "2", "al_roi": "48"}, studies=studies)
+    Client = slicer_client_class()
+    first, second = Client(server.url, str(tmp_path), "annotator-1"), Client(server.url, str(tmp_path), "annotator-2")
+
+    info = first.info()
+    assert "uncertainty" in info["strategies"] and KEY in info["scoring"]
+
+    # Scoring started with the server, in the background, with the untrained (seeded) weights.
+    before = wait_for_scores(first, "untrained")
+    assert set(before) == {"ct", "phantom1", "phantom2"}
+
+    sample = first.next_sample("uncertainty", {})
+    assert sample["selected_by"] == "uncertainty"
+    assert sample["id"] == max(before, key=lambda i: before[i]["score"]), (sample, before)
+    taken = second.next_sample("uncertainty", {})
+    assert taken["id"] != sample["id"], "one study handed out to two annotators"
+
+    slicer_params = {"result_extension": ".nrrd", "result_dtype": "uint8"}
+    result_file, params = first.infer("wholebody", sample["id"], slicer_params)
+    prediction, header = nrrd.read(result_file)
+    corrected = np.zeros_like(prediction)
+    x, y, z = prediction.shape
+    corrected[x // 4 : x // 2, y // 4 : 3 * y // 4, z // 4 : 3 * z // 4] = 5  # the annotator paints the liver
+    label_file = tmp_path / "corrected.nrrd"
+    nrrd.write(str(label_file), corrected, header)
+    first.save_label(sample["id"], str(label_file), params={"label_info": [{"name": "liver", "idx": 5}]})
+
+    first.train_start("wholebody", {"max_epochs": 1, "highres": False, "val_split": 0.0})
+    status = wait_for_training(first)
+    assert status["status"] == "DONE", status
+
+    # The new model scores the studies left, in the background, after the training run.
+    after = wait_for_scores(first, "wholebody_lowres.pt")
+    assert set(after) == {"ct", "phantom1", "phantom2"} - {sample["id"]}
+
+    following = first.next_sample("uncertainty", {})
+    assert following["selected_by"] == "uncertainty"
+    assert following["id"] not in (sample["id"], taken["id"]), (following, sample, taken)
+    assert following[KEY]["model"] == "wholebody_lowres.pt"

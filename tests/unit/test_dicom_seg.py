@@ -1,0 +1,179 @@
+"""DICOM SEG writing and reading (lib.dicom_seg), segment codes, and the PACS credentials options."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+
+from conftest import PACS_SERIES, SHARED
+from lib.conf import Conf, ConfError
+from lib.dicom_seg import (
+    ANATOMICAL_STRUCTURE,
+    FINDING_CODES,
+    LEFT,
+    MORPHOLOGICALLY_ABNORMAL,
+    RIGHT,
+    STRUCTURE_CODES,
+    TISSUE,
+    read_seg,
+    rgb_to_dicom_lab,
+    segment_codes,
+    write_seg,
+)
+from lib.labels import wholebody_labels
+
+
+def dicom_sct_codes() -> dict[str, set[str]]:
+    """Every SNOMED CT code of DICOM PS3.16 as shipped with pydicom: value -> meanings."""
+    from pydicom.sr._concepts_dict import concepts
+
+    codes: dict[str, set[str]] = {}
+    for entries in concepts["SCT"].values():
+        for value, (meaning, _) in entries.items():
+            codes.setdefault(value, set()).add(meaning.lower())
+    return codes
+
+
+def test_every_code_is_a_dicom_snomed_code():
+    known = dicom_sct_codes()
+    tables = list(STRUCTURE_CODES.values()) + list(FINDING_CODES.values())
+    tables += [ANATOMICAL_STRUCTURE, MORPHOLOGICALLY_ABNORMAL, TISSUE, LEFT, RIGHT]
+    for value, meaning in tables:
+        assert value in known, f"{value} ({meaning}) is not a SNOMED CT code of DICOM PS3.16"
+
+
+@pytest.mark.parametrize(
+    "name, type_code, modifier",
+    [
+        ("spleen", "78961009", None),
+        ("kidney_left", "64033007", LEFT),
+        ("right kidney", "64033007", RIGHT),  # VISTA3D's spelling
+        ("vertebrae_L3", "51282000", None),
+        ("vertebrae C1", "14806007", None),
+        ("lung_middle_lobe_right", "72481006", None),
+        ("left lung upper lobe", "45653009", LEFT),
+        ("heart_atrium_left", "82471001", None),
+        ("rib_right_11", "113197003", RIGHT),
+        ("inferior vena cava", "64131007", None),
+        ("hepatic tumor", "108369006", None),
+        ("left kidney cyst", "367643001", LEFT),
+    ],
+)
+def test_segment_codes(name, type_code, modifier):
+    codes = segment_codes(name)
+    assert codes.type[0] == type_code
+    assert codes.modifier == modifier
+    finding = type_code in {v for v, _ in FINDING_CODES.values()}
+    assert codes.category == (MORPHOLOGICALLY_ABNORMAL if finding else ANATOMICAL_STRUCTURE)
+
+
+def test_unknown_structure_is_generic_tissue():
+    codes = segment_codes("my_new_structure")
+    assert codes.category == TISSUE and codes.type == TISSUE and codes.generic
+
+
+def test_wholebody_structures_have_standard_codes():
+    generic = sorted(name for name in wholebody_labels() if segment_codes(name).generic)
+    assert generic == ["heart_myocardium", "portal_vein_and_splenic_vein"]
+
+
+def test_cielab_of_white_and_black():
+    white = rgb_to_dicom_lab((255, 255, 255))
+    assert white[0] == 65535 and all(abs(c - 32896) <= 2 for c in white[1:]), white
+    assert rgb_to_dicom_lab((0, 0, 0))[0] == 0
+
+
+def series_and_label(tmp_path):
+    """The shared PACS series (JPEG 2000) and the TotalSegmentator label for it, on its grid."""
+    reader = sitk.ImageSeriesReader()
+    files = list(reader.GetGDCMSeriesFileNames(str(PACS_SERIES)))
+    reader.SetFileNames(files)
+    image = reader.Execute()
+    label = sitk.ReadImage(str(SHARED / "ct" / "example_ct_dicom_totalseg_v2.nii.gz"))
+    on_grid = sitk.Resample(label, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    return files, sitk.GetArrayFromImage(on_grid)
+
+
+def test_seg_round_trip_on_the_shared_series(tmp_path):
+    files, labelmap = series_and_label(tmp_path)
+    values = [int(v) for v in np.unique(labelmap) if v]
+    assert len(values) > 10
+    classes = json.loads((SHARED / "labels" / "totalsegmentator_classes.json").read_text())["total_v2"]
+    names = {v: classes[str(v)] for v in values}
+
+    out = tmp_path / "seg.dcm"
+    info = write_seg(files, labelmap, names, str(out), algorithm="MONAI Label wholebody", version="0.1.0")
+    assert [s["value"] for s in info["segments"]] == values
+
+    seg = pydicom.dcmread(out)
+    source = pydicom.dcmread(files[0], stop_before_pixels=True)
+    assert seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4"
+    assert seg.StudyInstanceUID == source.StudyInstanceUID and seg.PatientID == source.PatientID
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID
+    assert seg.SeriesDate and seg.SeriesTime
+    assert [str(s.SegmentLabel) for s in seg.SegmentSequence] == [names[v] for v in values]
+    assert all(s.SegmentAlgorithmType == "SEMIAUTOMATIC" for s in seg.SegmentSequence)
+    for item in seg.SegmentSequence:
+        assert item.SegmentedPropertyTypeCodeSequence[0].CodeValue == segment_codes(str(item.SegmentLabel)).type[0]
+
+    # highdicom, on the source instances in file order
+    uids = [str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files]
+    numbers, seg_names = read_seg(str(out), uids)
+    lut = np.zeros(256, dtype=np.int64)
+    for number, name in seg_names.items():
+        lut[number] = {n: v for v, n in names.items()}[name]
+    assert np.array_equal(lut[numbers], labelmap)
+
+    # pydicom-seg (MONAI Label's reader), by geometry
+    import pydicom_seg
+
+    result = pydicom_seg.MultiClassReader().read(seg)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    reference = reader.Execute()
+    back = sitk.GetArrayFromImage(sitk.Resample(result.image, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0))
+    assert np.array_equal(lut[back.astype(np.int64)], labelmap)
+
+
+def test_manual_label_and_empty_label(tmp_path):
+    files, labelmap = series_and_label(tmp_path)
+    out = tmp_path / "manual.dcm"
+    write_seg(files, (labelmap == 5).astype(np.uint8) * 7, {}, str(out))
+    seg = pydicom.dcmread(out)
+    (segment,) = seg.SegmentSequence
+    assert segment.SegmentLabel == "Segment 7" and segment.SegmentAlgorithmType == "MANUAL"
+    assert segment.SegmentedPropertyTypeCodeSequence[0].CodeValue == TISSUE[0]
+    with pytest.raises(ValueError, match="empty"):
+        write_seg(files, np.zeros_like(labelmap), {}, str(tmp_path / "empty.dcm"))
+    with pytest.raises(ValueError, match="does not match"):
+        write_seg(files, labelmap[:5], {}, str(tmp_path / "short.dcm"))
+
+
+def test_credentials_from_a_file_or_the_environment(tmp_path, monkeypatch):
+    from lib.dicomweb_datastore import read_credentials
+
+    for key in ("DICOMWEB", "DATASTORE"):
+        monkeypatch.setattr(f"monailabel.config.settings.MONAI_LABEL_{key}_USERNAME", "")
+        monkeypatch.setattr(f"monailabel.config.settings.MONAI_LABEL_{key}_PASSWORD", "")
+    assert read_credentials(Conf({})) is None
+
+    monkeypatch.setattr("monailabel.config.settings.MONAI_LABEL_DICOMWEB_USERNAME", "radiology")
+    with pytest.raises(ConfError, match="both"):
+        read_credentials(Conf({}))
+    monkeypatch.setattr("monailabel.config.settings.MONAI_LABEL_DICOMWEB_PASSWORD", "from-env")
+    assert read_credentials(Conf({})) == ("radiology", "from-env")
+
+    secret = tmp_path / "pacs.credentials"
+    secret.write_text("reader:pa:ss\n")
+    os.chmod(secret, 0o600)
+    assert read_credentials(Conf({"dicomweb_credentials": str(secret)})) == ("reader", "pa:ss")
+    secret.write_text("no separator\n")
+    with pytest.raises(ConfError, match="user:password"):
+        read_credentials(Conf({"dicomweb_credentials": str(secret)}))
+    with pytest.raises(ConfError, match="cannot read"):
+        read_credentials(Conf({"dicomweb_credentials": str(tmp_path / "missing")}))
