@@ -40,6 +40,17 @@ def slicer_client_class():
     return MONAILabelClient
 
 
+def wait_for_training(client, timeout: float = 1200) -> dict:
+    """Polls a MONAI Label training task through the Slicer client until it ends."""
+    start = time.time()
+    while time.time() - start < timeout:
+        status = client.train_status()
+        if status.get("status") in ("DONE", "ERROR", "STOPPED"):
+            return status
+        time.sleep(3)
+    raise TimeoutError(f"training still running after {timeout} s: {status}")
+
+
 class Server:
     """``monailabel start_server`` in its own process group, stopped with the test."""
 

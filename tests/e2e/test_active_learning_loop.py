@@ -10,7 +10,7 @@ import nrrd
 import numpy as np
 import pytest
 
-from conftest import CT, slicer_client_class
+from conftest import CT, slicer_client_class, wait_for_training
 from lib.phantom import write_phantom
 
 pytestmark = pytest.mark.e2e
@@ -35,15 +35,6 @@ def wait_for_scores(client, model: str, timeout: float = 240) -> dict[str, dict]
         time.sleep(2)
     raise TimeoutError(f"scores from '{model}' missing after {timeout} s: {current}")
 
-
-def wait_for_training(client, timeout: float = 600) -> dict:
-    start = time.time()
-    while time.time() - start < timeout:
-        status = client.train_status()
-        if status.get("status") in ("DONE", "ERROR", "STOPPED"):
-            return status
-        time.sleep(3)
-    raise TimeoutError(f"training still running after {timeout} s: {status}")
 
 
 def test_next_sample_infer_save_train_next_sample(start_server, tmp_path):

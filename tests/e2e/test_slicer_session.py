@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import time
 
 import nrrd
 import numpy as np
 import pytest
 
-from conftest import CT, slicer_client_class
+from conftest import CT, slicer_client_class, wait_for_training
 
 pytestmark = pytest.mark.e2e
 
-
-def wait_for_training(client, timeout: float = 900) -> dict:
-    start = time.time()
-    while time.time() - start < timeout:
-        status = client.train_status()
-        if status.get("status") in ("DONE", "ERROR", "STOPPED"):
-            return status
-        time.sleep(3)
-    raise TimeoutError(f"training still running after {timeout} s: {status}")
 
 
 def test_infer_save_train_infer(start_server, tmp_path):

@@ -22,7 +22,7 @@ import pytest
 import requests
 import torch
 
-from conftest import CT, Server, free_port, slicer_client_class
+from conftest import CT, Server, free_port, slicer_client_class, wait_for_training
 
 pytestmark = pytest.mark.e2e
 
@@ -265,15 +265,6 @@ def test_bad_class_prompts_are_4xx(server):
         assert r.status_code == 422, r.text
         assert all(w in r.json()["detail"] for w in words), r.text
 
-
-def wait_for_training(client, timeout: float = 1200) -> dict:
-    start = time.time()
-    while time.time() - start < timeout:
-        status = client.train_status()
-        if status.get("status") in ("DONE", "ERROR", "STOPPED"):
-            return status
-        time.sleep(3)
-    raise TimeoutError(f"training still running after {timeout} s: {status}")
 
 
 def test_finetuning_learns_a_new_structure(server, root):
