@@ -126,6 +126,14 @@ def reference_too_big(spec: dict) -> str | None:
     return None
 
 
+def load_network(spec: dict) -> torch.nn.Module:
+    """The checkpoint written by write_checkpoints, for the spec's resolution and device."""
+    name = "model.pt" if spec["highres"] else "model_lowres.pt"
+    network = wholebody_segresnet()
+    network.load_state_dict(torch.load(Path(spec["model_dir"], "wholeBody_ct_segmentation", "models", name)))
+    return network.to(spec["device"]).eval()
+
+
 def child(spec: dict) -> dict:
     logging.basicConfig(level=logging.WARNING)
     cuda = spec["device"] == "cuda"
@@ -137,10 +145,7 @@ def child(spec: dict) -> dict:
         if cuda:  # the bundle's evaluator blends on the GPU; Invertd's result comes back to the CPU to save it
             ref.SlidingWindowInferer = functools.partial(ref.SlidingWindowInferer, sw_device="cuda", device="cuda")
             ref.Invertd = functools.partial(ref.Invertd, device="cpu")
-        name = "model.pt" if spec["highres"] else "model_lowres.pt"
-        network = wholebody_segresnet()
-        network.load_state_dict(torch.load(Path(spec["model_dir"], "wholeBody_ct_segmentation", "models", name)))
-        network = network.to(spec["device"]).eval()
+        network = load_network(spec)
         affine = nib.load(spec["image"]).affine
 
         def run_once() -> dict:
@@ -156,10 +161,7 @@ def child(spec: dict) -> dict:
         from lib.pipelines import wholebody as pipeline
         from lib.pipelines.wholebody import OVERLAP, ROI_SIZE
 
-        name = "model.pt" if spec["highres"] else "model_lowres.pt"
-        network = wholebody_segresnet()
-        network.load_state_dict(torch.load(Path(spec["model_dir"], "wholeBody_ct_segmentation", "models", name)))
-        network = network.to(spec["device"]).eval()
+        network = load_network(spec)
         affine = nib.load(spec["image"]).affine
 
         def run_once() -> dict:
