@@ -110,8 +110,11 @@ class WholeBodyApp(MONAILabelApp):
     def init_trainers(self) -> Dict[str, TrainTask]:
         if self.options.bool("skip_trainers", False):
             return {}
-        trainers = {name: config.trainer() for name, config in self.models.items()}
-        return {name: t for name, t in trainers.items() if t}
+        trainers: Dict[str, TrainTask] = {}
+        for name, config in self.models.items():
+            tasks = config.trainer()
+            trainers.update(tasks if isinstance(tasks, dict) else {name: tasks} if tasks else {})
+        return trainers
 
     # --- active learning: strategies, scoring, hand-outs (lib/activelearning/; README "Active learning") ---
     def init_strategies(self) -> Dict[str, Strategy]:
@@ -159,9 +162,12 @@ class WholeBodyApp(MONAILabelApp):
         # Imported here: the FastAPI app exists only when running under the server.
         from monailabel.app import app as fastapi_app
 
-        from lib import http_errors
+        from lib import http_errors, train_requests
+        from lib.heads import routes as head_routes
 
         http_errors.install(fastapi_app)
+        head_routes.install(fastapi_app, self._infers)
+        train_requests.install(self)
         super().on_init_complete()
 
     def infer(self, request, datastore=None):

@@ -7,10 +7,13 @@ import os
 from monailabel.interfaces.config import TaskConfig
 
 import lib.infers.wholebody
+import lib.trainers.structure_head
 import lib.trainers.wholebody
 from lib.activelearning.scoring import SCORE_KEY, WholeBodyUncertainty
 from lib.activelearning.strategies import Uncertainty
 from lib.conf import Conf, ConfError
+from lib.heads.merge import OVERLAP_RULES
+from lib.heads.store import HeadStore
 from lib.labels import wholebody_labels
 from lib.networks import wholebody_segresnet
 from lib.official_checkpoint import OfficialCheckpoint
@@ -31,6 +34,11 @@ class WholeBodySegmentation(TaskConfig):
             True: OfficialCheckpoint("wholebody_highres", model_dir, options, os.path.join(model_dir, f"{name}_highres.pt")),
             False: OfficialCheckpoint("wholebody_lowres", model_dir, options, os.path.join(model_dir, f"{name}_lowres.pt")),
         }
+        # New structures as decoder heads (lib/heads/, README "Adding structures").
+        self.heads = HeadStore(os.path.join(model_dir, f"{name}_heads"))
+        self.head_overlap = (options.raw("head_overlap") or "new").lower()
+        if self.head_overlap not in OVERLAP_RULES:
+            raise ConfError(f"'head_overlap' must be one of {', '.join(OVERLAP_RULES)}, got {self.head_overlap!r}")
         for checkpoint in self.checkpoints.values():
             checkpoint.fetch_in_background()
         # Active learning (README "Active learning"): the cost of one study's score is
@@ -55,12 +63,14 @@ class WholeBodySegmentation(TaskConfig):
             overlap=OVERLAP,
             highres=self.highres,
             weights=self.weights,
+            heads=self.heads,
+            head_overlap=self.head_overlap,
             trt_precision=self.trt_precision,
         )
 
     def trainer(self):
-        return lib.trainers.wholebody.WholeBodySegmentation(
-            model_dir=os.path.join(self.model_dir, "train", self.name),
+        """``wholebody`` fine-tunes the 104-class model; ``wholebody_structures`` adds structures as heads."""
+        common = dict(
             network_factory=wholebody_segresnet,
             labels=self.labels,
             checkpoints={res: c.paths for res, c in self.checkpoints.items()},
@@ -70,6 +80,14 @@ class WholeBodySegmentation(TaskConfig):
             max_epochs=self.max_epochs,
             val_split=self.val_split,
         )
+        return {
+            self.name: lib.trainers.wholebody.WholeBodySegmentation(
+                model_dir=os.path.join(self.model_dir, "train", self.name), **common
+            ),
+            f"{self.name}_structures": lib.trainers.structure_head.StructureHeadTrainer(
+                model_dir=os.path.join(self.model_dir, "train", f"{self.name}_structures"), heads=self.heads, **common
+            ),
+        }
 
     # --- active learning (lib/activelearning/) ---
     def scoring_method(self):

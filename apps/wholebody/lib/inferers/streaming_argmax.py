@@ -43,6 +43,8 @@ class StreamingArgmaxInferer(Inferer):
 
     Args mean the same as in :class:`monai.inferers.SlidingWindowInferer`, plus:
         label_dtype: dtype of the returned labels (must hold ``C - 1``; uint8 covers the 105-class bundle).
+        reduce: maps finished blended logits ``(C, *spatial[:-1], n)`` to labels ``(*spatial[:-1], n)``; the
+            default is the argmax over C. Decoder heads use it to merge several argmaxes into one label map.
 
     Memory (besides the input and the labels): on ``device`` a slab buffer of ``C x H' x W' x roi_z`` values of
     ``inputs.dtype`` (H', W' = padded in-plane size), plus an int64 argmax temporary of at most ``H' x W' x roi_z``; on
@@ -62,6 +64,7 @@ class StreamingArgmaxInferer(Inferer):
         sw_device: torch.device | str | None = None,
         device: torch.device | str | None = None,
         label_dtype: torch.dtype = torch.uint8,
+        reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         super().__init__()
         if sw_batch_size < 1:
@@ -76,6 +79,7 @@ class StreamingArgmaxInferer(Inferer):
         self.sw_device = sw_device
         self.device = device
         self.label_dtype = label_dtype
+        self.reduce = reduce
 
     def __call__(
         self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any
@@ -143,7 +147,8 @@ class StreamingArgmaxInferer(Inferer):
                 got = getattr(seg, "shape", type(seg))
                 raise ValueError(f"network must return one (n, C, *{roi}) tensor for n windows, got {got}.")
             if buf is None:
-                self._check_classes(seg.shape[1])
+                if self.reduce is None:
+                    self._check_classes(seg.shape[1])
                 buf = torch.zeros((seg.shape[1], *size[:-1], rz), dtype=compute_dtype, device=device)
             # Same arithmetic as MONAI: weight in place, in the logits' dtype, move to `device`, then `out += p`.
             # In place because a fresh window-sized product costs an allocation and its page faults per window
@@ -156,12 +161,12 @@ class StreamingArgmaxInferer(Inferer):
             for p, s in zip(seg, chunk):  # p: (C, *roi)
                 z0 = s[-1].start
                 if z0 != z_open:  # first window of the next slab: no window left starts before z0
-                    self._flush(buf, labels, z_open, z0)
+                    self._flush(buf, labels, z_open, z0, self.reduce)
                     z_open = z0
                 buf[(slice(None), *s[:-1])] += p
             del p, seg, win_data  # p would keep this batch's logits alive through the next network call
         assert buf is not None
-        self._flush(buf, labels, z_open, depth, reuse=False)
+        self._flush(buf, labels, z_open, depth, self.reduce, reuse=False)
 
         if any(pad):  # crop back to the input size (MONAI's final_slicing with zoom 1)
             crop = [slice(pad[2 * (nd - 1 - k)], pad[2 * (nd - 1 - k)] + orig_size[k]) for k in range(nd)]
@@ -169,14 +174,17 @@ class StreamingArgmaxInferer(Inferer):
         return labels
 
     @staticmethod
-    def _flush(buf: torch.Tensor, labels: torch.Tensor, z_from: int, z_to: int, reuse: bool = True) -> None:
+    def _flush(
+        buf: torch.Tensor, labels: torch.Tensor, z_from: int, z_to: int, reduce: Callable | None, reuse: bool = True
+    ) -> None:
         """Slices [z_from, z_to) are final: argmax them into labels, then (if reuse) slide buf to start at z_to.
 
         buf: ``(C, *spatial[:-1], rz)`` holding [z_from, z_from + rz); labels: ``(1, 1, *spatial)``.
         """
         n, rz = z_to - z_from, buf.shape[-1]
         # argmax returns the first maximum, as torch.argmax on MONAI's output does.
-        labels[0, 0, ..., z_from:z_to] = torch.argmax(buf[..., :n], dim=0)
+        finished = buf[..., :n]
+        labels[0, 0, ..., z_from:z_to] = torch.argmax(finished, dim=0) if reduce is None else reduce(finished)
         if not reuse:
             return
         # Carry the overlap [z_to, z_from + rz) to the front, in pieces of at most n slices so that source and

@@ -77,17 +77,21 @@ class CTSegmentationTask(BasicInferTask):
         if cached and cached[1] == mtime:
             return cached[0]
 
+        network = self._load_network(path).to(torch.device(device)).eval()
+        if self._trt_precision:
+            network = accelerate(network, path, device, self._trt_precision)
+        self._cache = {k: v for k, v in self._cache.items() if k[0] != str(device)}
+        self._cache[(str(device), path)] = (network, mtime)
+        return network
+
+    def _load_network(self, path: str | None) -> torch.nn.Module:
+        """The network with the checkpoint's weights (seeded untrained weights without one), on the CPU."""
         network = self._fresh_network()
         if path:
             logger.info(f"Loading {path}")
             network.load_state_dict(load_state_dict(path, map_location="cpu"), strict=True)
         else:
             logger.warning(f"{self.description}: no checkpoint found, running untrained weights")
-        network = network.to(torch.device(device)).eval()
-        if self._trt_precision:
-            network = accelerate(network, path, device, self._trt_precision)
-        self._cache = {k: v for k, v in self._cache.items() if k[0] != str(device)}
-        self._cache[(str(device), path)] = (network, mtime)
         return network
 
     def _fresh_network(self) -> torch.nn.Module:

@@ -46,9 +46,10 @@ def preprocessing(pixdim: Sequence[float], device: torch.device | str | None = N
     ]
 
 
-def inferer(roi_size: Sequence[int], overlap: float) -> StreamingArgmaxInferer:
-    """Argmax of gaussian-blended logits, as the bundle's softmax + argmax, slab by slab."""
-    return StreamingArgmaxInferer(roi_size=roi_size, overlap=overlap, mode="gaussian", padding_mode="replicate")
+def inferer(roi_size: Sequence[int], overlap: float, reduce=None) -> StreamingArgmaxInferer:
+    """Argmax of gaussian-blended logits, as the bundle's softmax + argmax, slab by slab
+    (``reduce``: another way to turn finished logits into labels, e.g. merging decoder heads)."""
+    return StreamingArgmaxInferer(roi_size=roi_size, overlap=overlap, mode="gaussian", padding_mode="replicate", reduce=reduce)
 
 
 def postprocessing(pre: Compose) -> list:

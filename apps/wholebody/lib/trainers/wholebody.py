@@ -52,8 +52,12 @@ class WholeBodySegmentation(CTSegmentationTrainer):
 
     def __call__(self, request, datastore):
         self._highres = as_bool(request.get("highres", self._config["highres"]), "highres")
-        request = {**request, "name": f"train_{'highres' if self._highres else 'lowres'}"}
+        request = {**request, "name": self.run_name()}
         return super().__call__(request, datastore)
+
+    def run_name(self) -> str:
+        """The run's folder under this trainer's model_dir: one per resolution, each resumes its own."""
+        return f"train_{'highres' if self._highres else 'lowres'}"
 
     def paths(self, request):
         return self.checkpoints[self._highres]

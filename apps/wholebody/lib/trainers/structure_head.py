@@ -1,0 +1,150 @@
+"""``wholebody_structures``: learns structures that are not among the 104 (a tumour, a vessel, a lymph
+node station) from saved labels, as a new decoder head on the frozen encoder of the current
+``wholebody`` model (lib/heads/). The base checkpoint is only read, so the 104 outputs stay
+bit-identical; the head is published to ``<model_dir>/wholebody_heads/<res>/<head>.pt`` after each
+epoch that improves validation Dice, and ``wholebody`` merges it from its next request on.
+
+Request parameters: ``structures`` (segment names, a list or comma-separated; default every saved
+segment name that is not one of the 104 nor in another head), ``head`` (its name; default the
+structures' names; training an existing head again replaces it), ``highres``, ``max_epochs``,
+``val_split``, ``learning_rate``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from typing import Any, Callable, Sequence
+
+import torch
+
+from lib.checkpoints import load_state_dict
+from lib.conf import as_bool, as_float
+from lib.heads.network import HeadTrainingNetwork, StructureHead, encoder_fingerprint
+from lib.heads.store import HeadError, HeadRecord, HeadStore, check_head_name
+from lib.trainers.ct_segmentation import saved_label_names
+from lib.trainers.wholebody import WholeBodySegmentation
+from lib.transforms.partial_labels import normalise_name
+
+logger = logging.getLogger(__name__)
+
+
+class StructureHeadTrainer(WholeBodySegmentation):
+    def __init__(
+        self,
+        model_dir: str,
+        network_factory: Callable[[], torch.nn.Module],
+        labels: dict[str, int],
+        checkpoints: dict[bool, Sequence[str]],
+        pixdim: dict[bool, Sequence[float]],
+        roi_size: Sequence[int],
+        highres: bool,
+        max_epochs: int,
+        val_split: float,
+        heads: HeadStore,
+    ):
+        super().__init__(model_dir, network_factory, labels, checkpoints, pixdim, roi_size, highres, max_epochs, val_split)
+        self._description = "Learn new structures as a decoder head on the frozen 104-structure encoder"
+        self._config.update({"structures": "", "head": "", "learning_rate": 1e-3})
+        self.base_labels = dict(labels)
+        self.head_store = heads
+        self._run: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ request
+    def plan(self, request: dict, datastore) -> dict[str, Any]:
+        """What a request would train, checked before any work (the server calls it to answer 4xx):
+        head name, resolution, structures with their label values, the saved labels holding them."""
+        req = {**self._config, **request}
+        highres = as_bool(req["highres"], "highres")
+        saved = self._saved_names(datastore)
+        present = {normalise_name(n): n for names in saved.values() for n in names}
+        base = {normalise_name(n) for n in self.base_labels} | {"background"}
+        wanted = req.get("structures") or []
+        if isinstance(wanted, str):
+            wanted = [w for w in wanted.split(",")]
+        wanted = [w.strip() for w in wanted if isinstance(w, str) and w.strip()]
+        if not wanted:
+            own = check_head_name(req["head"]) if req.get("head") else None
+            taken = {s for r in self.head_store.heads(highres) if r.name != own for s in r.structures}
+            wanted = [n for k, n in sorted(present.items()) if k not in base and n not in taken]
+        missing = [w for w in wanted if normalise_name(w) not in present]
+        if missing:
+            raise HeadError(f"no saved label has a segment named {missing}; saved segment names: {sorted(present.values())}")
+        name = check_head_name(req.get("head") or re.sub(r"[^A-Za-z0-9_-]+", "_", "_".join(wanted)).strip("_-")[:64] or "head")
+        values = self.head_store.allocate(name, highres, wanted, self.base_labels)
+        existing = self.head_store.get(name, highres)
+        images = [i for i, names in saved.items() if any(normalise_name(n) in {normalise_name(w) for w in wanted} for n in names)]
+        # Retraining keeps the head's place in the merge order.
+        created = existing.created if existing else HeadStore.now()
+        return {"head": name, "highres": highres, "structures": values, "images": images, "created": created}
+
+    @staticmethod
+    def _saved_names(datastore) -> dict[str, dict[str, int]]:
+        names = {}
+        for image_id in datastore.get_labeled_images():
+            names[image_id] = saved_label_names(datastore.get_label_info(image_id, "final") or {})
+        return names
+
+    def __call__(self, request, datastore):
+        run = self.plan(request, datastore)
+        req = {**self._config, **request}
+        self._run = {
+            **run,
+            "learning_rate": as_float(req["learning_rate"], "learning_rate", 0.0, 1.0),
+            "started": time.time(),
+        }
+        # The head's channels: background, then its structures in order (PartialLabelsd maps names to them).
+        self._channels = {s: i + 1 for i, s in enumerate(run["structures"])}
+        self.num_classes = 1 + len(run["structures"])
+        logger.info(f"wholebody_structures: head '{run['head']}' learns {run['structures']} from {run['images']}")
+        request = {**request, "highres": run["highres"]}
+        return super().__call__(request, datastore)
+
+    def run_name(self) -> str:
+        return f"head_{self._run['head']}_{'highres' if self._run['highres'] else 'lowres'}"
+
+    def pre_process(self, request, datastore):
+        return [item for item in super().pre_process(request, datastore) if _image_id(item) in self._run["images"]]
+
+    # ------------------------------------------------------------------ model
+    def network(self, context):
+        base = super().network(context)  # seeded, as the infer task's untrained network
+        if os.path.exists(self._start_from):
+            base.load_state_dict(load_state_dict(self._start_from), strict=True)
+        self._run["encoder"] = encoder_fingerprint(base.state_dict())
+        self._run["base_checkpoint"] = os.path.basename(self._start_from) if os.path.exists(self._start_from) else "untrained"
+        head = StructureHead.from_base(self._network_factory, base, len(self._run["structures"]))
+        return HeadTrainingNetwork(base, head)
+
+    def load_path(self, output_dir, pretrained=True):
+        return None  # network() reads the base checkpoint; the head starts from the base decoder
+
+    def optimizer(self, context):
+        head = context.network.module.head if hasattr(context.network, "module") else context.network.head
+        return torch.optim.AdamW(head.parameters(), lr=self._run["learning_rate"], weight_decay=1e-5)
+
+    # ------------------------------------------------------------------ publishing
+    def _publish(self, context) -> None:
+        best = os.path.join(context.output_dir, self._key_metric_filename)
+        if not os.path.exists(best) or os.path.getmtime(best) <= self._run["started"]:
+            return  # nothing better than before this run (an older run's file is not this head)
+        self._run["started"] = os.path.getmtime(best)
+        state = {k[len("head."):]: v for k, v in load_state_dict(best).items() if k.startswith("head.")}
+        metric = getattr(context.evaluator.state, "best_metric", None) if context.evaluator else None
+        record = HeadRecord(
+            name=self._run["head"],
+            highres=self._run["highres"],
+            structures=self._run["structures"],
+            encoder=self._run["encoder"],
+            base_checkpoint=self._run["base_checkpoint"],
+            created=self._run["created"],
+            metrics={"val_mean_dice": float(metric)} if metric is not None else {},
+        )
+        self.head_store.save(record, state)
+        logger.info(f"wholebody_structures: published head '{record.name}' {record.structures} -> {record.weights}")
+
+
+def _image_id(item: dict) -> str:
+    return os.path.basename(item["label"]).split(".")[0]
