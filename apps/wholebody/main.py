@@ -120,7 +120,9 @@ class WholeBodyApp(MONAILabelApp):
     def init_strategies(self) -> Dict[str, Strategy]:
         """``random``, ``first`` and the models' own (``uncertainty``), each handing out only studies
         that no other client is annotating."""
-        self.handouts = Handouts(self.options.float("al_lock_minutes", 30.0, low=0.0))
+        self.handouts = Handouts(
+            self.options.float("al_lock_minutes", 30.0, low=0.0), path=os.path.join(self.model_dir, "handouts.json")
+        )
         chosen: Dict[str, Strategy] = {"random": Random(), "first": First()}
         for config in self.models.values():
             chosen.update(self._by_name(config.strategy(), config.name))

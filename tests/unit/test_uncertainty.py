@@ -181,6 +181,22 @@ def test_another_client_gets_another_study_until_release_or_expiry(scored):
     assert ask("a") == "noise"
 
 
+def test_hand_outs_survive_a_restart(scored, tmp_path):
+    path = tmp_path / "model" / "handouts.json"
+    now = [1000.0]
+    before = Handouts(minutes=30, clock=lambda: now[0], path=str(path))
+    assert uncertainty(before)({"strategy": "uncertainty", "client_id": "a"}, scored)["id"] == "noise"
+
+    after = Handouts(minutes=30, clock=lambda: now[0], path=str(path))  # the server started again
+    assert after.snapshot()["noise"]["client_id"] == "a"
+    assert uncertainty(after)({"strategy": "uncertainty", "client_id": "b"}, scored)["id"] == "ct"
+    now[0] += 30 * 60
+    assert Handouts(minutes=30, clock=lambda: now[0], path=str(path)).snapshot() == {}, "expired while down"
+
+    path.write_text("{not json")
+    assert Handouts(minutes=30, path=str(path)).snapshot() == {}
+
+
 def test_random_and_first_never_hand_out_a_held_study(scored):
     handouts = Handouts(30)
     first = Exclusive(First(), handouts)

@@ -7,13 +7,15 @@ study again (its own included) and its previous hand-out is released: one study 
 
 Clients are told apart by the ``client_id`` they send (the Slicer module's "Client/User-ID"
 setting, default ``user-xyz``: annotators sharing a server must each set their own). Requests
-without one count as one anonymous client. The map lives in the server process and is lost
-on restart, which only frees the studies early.
+without one count as one anonymous client. The map is kept in a JSON file (in the model
+folder), so a restarted server still knows who annotates what.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import threading
 import time
 from typing import Any, Callable
@@ -29,25 +31,47 @@ ANONYMOUS = ""
 
 
 class Handouts:
-    """image id -> (client id, time handed out), with expiry. Thread-safe."""
+    """image id -> (client id, time handed out), with expiry. Thread-safe; persisted to ``path`` if given."""
 
-    def __init__(self, minutes: float, clock: Callable[[], float] = time.time):
+    def __init__(self, minutes: float, clock: Callable[[], float] = time.time, path: str | None = None):
         self.seconds = minutes * 60.0
         self.clock = clock
         self.lock = threading.RLock()
-        self._held: dict[str, tuple[str, float]] = {}
+        self.path = path
+        self._held: dict[str, tuple[str, float]] = self._load()
+
+    def _load(self) -> dict[str, tuple[str, float]]:
+        if not self.path or not os.path.exists(self.path):
+            return {}
+        try:
+            with open(self.path) as f:
+                return {i: (str(h["client_id"]), float(h["since"])) for i, h in json.load(f).items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            logger.warning(f"Hand-outs in {self.path} unreadable ({e}): starting with none")
+            return {}
+
+    def _save(self) -> None:
+        if not self.path:
+            return
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        tmp = f"{self.path}.tmp"
+        with open(tmp, "w") as f:
+            json.dump({i: {"client_id": c, "since": t} for i, (c, t) in self._held.items()}, f)
+        os.replace(tmp, self.path)
 
     def _expire(self) -> None:
         now = self.clock()
         for image_id in [i for i, (_, t) in self._held.items() if now - t >= self.seconds]:
             logger.info(f"Hand-out of {image_id} to '{self._held[image_id][0]}' expired")
             del self._held[image_id]
+            self._save()
 
     def hand_out(self, image_id: str, client_id: str) -> None:
         with self.lock:
             for previous in [i for i, (c, _) in self._held.items() if c == client_id]:
                 del self._held[previous]
             self._held[image_id] = (client_id, self.clock())
+            self._save()
 
     def held_by_others(self, client_id: str) -> set[str]:
         with self.lock:
@@ -58,6 +82,7 @@ class Handouts:
         with self.lock:
             if self._held.pop(image_id, None):
                 logger.info(f"Hand-out of {image_id} released: a label was saved")
+                self._save()
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         with self.lock:
