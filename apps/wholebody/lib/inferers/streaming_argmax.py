@@ -1,10 +1,13 @@
 """Sliding-window inference that streams the argmax, so the class dimension never exists at full volume size.
 
 MONAI's ``SlidingWindowInferer`` keeps ``(1, C, H, W, D)`` blended logits plus a count map for the whole
-volume; at C=105 a whole-body CT needs tens of GB just for that. Here windows run slab by slab along the last
-spatial axis (D). A slab buffer of ``roi_z`` slices holds the partial weighted sums for the z-range that is still
-open; once every window covering a slice is done, that slice's argmax goes into the ``uint8`` output and the
-buffer slides forward (the still-open overlap is moved to its front, the rest zeroed).
+volume; at C=105 a whole-body CT needs tens of GB just for that. Here the volume is cut into cells by every
+window border (along each axis, the intervals between consecutive window starts and ends), so each cell is
+covered by one fixed set of windows. Windows run in order of their start along the last axis (D), then as
+MONAI lists them. A cell's weighted logit sum exists only from the first window that covers it to the last:
+then its argmax goes into the ``uint8`` output and the sum is freed. What is held at any time is the band of
+cells that a processed window touched and a later one still covers: about the overlap of two rows of
+windows, not the volume and not a whole slab of ``roi_z`` slices.
 
 Window positions, padding and blending weights come from MONAI 1.4.0's own helpers (the same calls that
 ``monai.inferers.utils.sliding_window_inference`` makes), so per-window contributions are bit-identical to MONAI's.
@@ -16,6 +19,8 @@ in z-major order), which can flip a label only where two classes are tied to wit
 """
 
 from __future__ import annotations
+
+import itertools
 
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -46,10 +51,11 @@ class StreamingArgmaxInferer(Inferer):
         reduce: maps finished blended logits ``(C, *spatial[:-1], n)`` to labels ``(*spatial[:-1], n)``; the
             default is the argmax over C. Decoder heads use it to merge several argmaxes into one label map.
 
-    Memory (besides the input and the labels): on ``device`` a slab buffer of ``C x H' x W' x roi_z`` values of
-    ``inputs.dtype`` (H', W' = padded in-plane size), plus an int64 argmax temporary of at most ``H' x W' x roi_z``; on
-    ``sw_device`` one network output of ``sw_batch_size x C x roi`` (weighted in place; copied to ``device`` if
-    that differs). Peak memory does not depend on D.
+    Memory (besides the input and the labels): on ``device`` the weighted logit sums of the open cells, in
+    ``inputs.dtype`` (for windows moving along z: at most the C x H' x W' x (roi_z - step_z) overlap carried to the
+    next row of windows plus C x H' x (roi_y) x roi_z of the row being filled; H', W' = padded in-plane size),
+    plus one network output of ``sw_batch_size x C x roi`` on ``sw_device`` (weighted in place; copied to
+    ``device`` if that differs). Peak memory does not depend on D.
     """
 
     def __init__(
@@ -128,15 +134,11 @@ class StreamingArgmaxInferer(Inferer):
         weight = weight.to(device=sw_device, dtype=compute_dtype)[None, None]  # (1, 1, *roi)
 
         # Visit windows in order of their start on the last axis (stable, so dense_patch_slices' x/y order is
-        # kept inside a slab). Batches may cross slab borders, so the network is called as often as in MONAI.
+        # kept inside a row). Batches may cross rows, so the network is called as often as in MONAI.
         slices = sorted(slices, key=lambda s: s[-1].start)
-        rz, depth = roi[-1], size[-1]
+        cells = _Cells(slices, size)
         labels = torch.empty((1, 1, *size), dtype=self.label_dtype, device=device)
-        # (C, *size[:-1], rz): blended logits of slices [z_open, z_open + rz), zero where no window wrote yet.
-        # Every window added starts at z_open, so it lands in buf[..., 0:rz] with one add whose rows are whole
-        # and contiguous (a wrapping ring buffer would split it in two, which measured ~2x slower).
-        buf: torch.Tensor | None = None
-        z_open = 0  # slices < z_open are final
+        sums: dict[tuple[int, ...], torch.Tensor] = {}  # open cell -> (C, *cell) weighted logit sum
 
         for i in range(0, len(slices), self.sw_batch_size):
             chunk = slices[i : i + self.sw_batch_size]
@@ -146,54 +148,68 @@ class StreamingArgmaxInferer(Inferer):
             if not isinstance(seg, torch.Tensor) or seg.shape[2:] != roi or seg.shape[0] != len(chunk):
                 got = getattr(seg, "shape", type(seg))
                 raise ValueError(f"network must return one (n, C, *{roi}) tensor for n windows, got {got}.")
-            if buf is None:
-                if self.reduce is None:
-                    self._check_classes(seg.shape[1])
-                buf = torch.zeros((seg.shape[1], *size[:-1], rz), dtype=compute_dtype, device=device)
-            # Same arithmetic as MONAI: weight in place, in the logits' dtype, move to `device`, then `out += p`.
-            # In place because a fresh window-sized product costs an allocation and its page faults per window
-            # (MONAI does it in place too); win_data is our own copy, so even an identity network is safe.
+            if i == 0 and self.reduce is None:
+                self._check_classes(seg.shape[1])
+            # Same arithmetic as MONAI: weight in place, in the logits' dtype, move to `device`, then `out += p`
+            # in the input's dtype. In place because a fresh window-sized product costs an allocation and its
+            # page faults per window (MONAI does it in place too); win_data is our own copy, so even an identity
+            # network is safe.
             if seg.is_inference() and not torch.is_inference_mode_enabled():
                 seg = (seg * weight).to(seg.dtype)  # a network that made inference tensors: those are read-only
             else:
                 seg *= weight
             seg = seg.to(device)
-            for p, s in zip(seg, chunk):  # p: (C, *roi)
-                z0 = s[-1].start
-                if z0 != z_open:  # first window of the next slab: no window left starts before z0
-                    self._flush(buf, labels, z_open, z0, self.reduce)
-                    z_open = z0
-                buf[(slice(None), *s[:-1])] += p
-            del p, seg, win_data  # p would keep this batch's logits alive through the next network call
-        assert buf is not None
-        self._flush(buf, labels, z_open, depth, self.reduce, reuse=False)
+            for w, p in enumerate(seg, start=i):  # p: (C, *roi)
+                for cell, in_window, in_volume in cells.of_window[w]:
+                    part = p[(slice(None), *in_window)]
+                    if cell in sums:
+                        sums[cell] += part
+                    else:  # the first window's contribution, as MONAI's 0 + p
+                        sums[cell] = part.to(dtype=compute_dtype, memory_format=torch.contiguous_format, copy=True)
+                    if cells.last[cell] == w:  # no later window covers it: final
+                        finished = sums.pop(cell)
+                        # argmax returns the first maximum, as torch.argmax on MONAI's output does.
+                        reduced = torch.argmax(finished, dim=0) if self.reduce is None else self.reduce(finished)
+                        labels[(0, 0, *in_volume)] = reduced
+                        del finished, reduced
+            del p, part, seg, win_data  # p would keep this batch's logits alive through the next network call
+        assert not sums, "every cell is finished by its last window"
 
         if any(pad):  # crop back to the input size (MONAI's final_slicing with zoom 1)
             crop = [slice(pad[2 * (nd - 1 - k)], pad[2 * (nd - 1 - k)] + orig_size[k]) for k in range(nd)]
             labels = labels[(slice(None), slice(None), *crop)].contiguous()
         return labels
 
-    @staticmethod
-    def _flush(
-        buf: torch.Tensor, labels: torch.Tensor, z_from: int, z_to: int, reduce: Callable | None, reuse: bool = True
-    ) -> None:
-        """Slices [z_from, z_to) are final: argmax them into labels, then (if reuse) slide buf to start at z_to.
-
-        buf: ``(C, *spatial[:-1], rz)`` holding [z_from, z_from + rz); labels: ``(1, 1, *spatial)``.
-        """
-        n, rz = z_to - z_from, buf.shape[-1]
-        # argmax returns the first maximum, as torch.argmax on MONAI's output does.
-        finished = buf[..., :n]
-        labels[0, 0, ..., z_from:z_to] = torch.argmax(finished, dim=0) if reduce is None else reduce(finished)
-        if not reuse:
-            return
-        # Carry the overlap [z_to, z_from + rz) to the front, in pieces of at most n slices so that source and
-        # destination never overlap (overlap > 0.5 makes n < rz - n) and no temporary is needed.
-        for j in range(0, rz - n, n):
-            k = min(n, rz - n - j)
-            buf[..., j : j + k].copy_(buf[..., n + j : n + j + k])
-        buf[..., rz - n :].zero_()
-
     def _check_classes(self, n_classes: int) -> None:
         if not self.label_dtype.is_floating_point and n_classes - 1 > torch.iinfo(self.label_dtype).max:
             raise ValueError(f"label_dtype {self.label_dtype} cannot hold {n_classes} classes.")
+
+
+class _Cells:
+    """The cells that window borders cut a volume into, which windows cover each, and where.
+
+    ``of_window[w]``: for window ``w`` (in visiting order), ``(cell, slices in the window, slices in the volume)``
+    per cell it covers; ``last[cell]``: the last window covering the cell, after which its sum is final.
+    """
+
+    def __init__(self, windows: Sequence[tuple[slice, ...]], size: Sequence[int]):
+        nd = len(size)
+        # per axis: the sorted borders of all windows, and the intervals between consecutive borders
+        borders = [sorted({b for s in windows for b in (s[k].start, s[k].stop)}) for k in range(nd)]
+        self.of_window: list[list[tuple[tuple[int, ...], tuple[slice, ...], tuple[slice, ...]]]] = []
+        self.last: dict[tuple[int, ...], int] = {}
+        for w, window in enumerate(windows):
+            per_axis = []
+            for k in range(nd):
+                lo, hi = window[k].start, window[k].stop
+                first = borders[k].index(lo)
+                per_axis.append([(j, borders[k][j], borders[k][j + 1]) for j in range(first, borders[k].index(hi))])
+            covered = []
+            for combo in itertools.product(*per_axis):
+                cell = tuple(j for j, _, _ in combo)
+                in_window = tuple(slice(a - s.start, b - s.start) for (_, a, b), s in zip(combo, window))
+                in_volume = tuple(slice(a, b) for _, a, b in combo)
+                covered.append((cell, in_window, in_volume))
+                self.last[cell] = w
+            self.of_window.append(covered)
+

@@ -28,7 +28,8 @@ class WholeBodySegmentation(CTSegmentationTask):
 
     The bundle blends 105 float channels over the whole volume, then softmax, argmax and inverts
     the argmax with nearest interpolation. Argmax of the blended logits is the same label (softmax
-    is monotonic), so the inferer streams windows in slabs and keeps only uint8 labels.
+    is monotonic), so the inferer streams the windows, holds blended logits only where a later window
+still adds to them, and keeps only uint8 labels.
 
     Heads trained on the current encoder (``wholebody_structures``) add their logits to the same
     stream and are merged into the label map (``head_overlap``: ``new`` or ``existing`` wins);

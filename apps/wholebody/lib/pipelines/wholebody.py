@@ -47,7 +47,7 @@ def preprocessing(pixdim: Sequence[float], device: torch.device | str | None = N
 
 
 def inferer(roi_size: Sequence[int], overlap: float, reduce=None) -> StreamingArgmaxInferer:
-    """Argmax of gaussian-blended logits, as the bundle's softmax + argmax, slab by slab
+    """Argmax of gaussian-blended logits, as the bundle's softmax + argmax, streamed
     (``reduce``: another way to turn finished logits into labels, e.g. merging decoder heads)."""
     return StreamingArgmaxInferer(roi_size=roi_size, overlap=overlap, mode="gaussian", padding_mode="replicate", reduce=reduce)
 
