@@ -29,6 +29,7 @@ class SpleenSegmentation(TaskConfig):
         self.max_epochs = options.int("max_epochs", 50, minimum=1)
         self.val_split = options.float("val_split", 0.2, low=0.0, high=0.9)
         self.trt_precision = precision_from_conf(options)
+        self.channels_last = options.bool("channels_last", True)
         self.checkpoint = OfficialCheckpoint("spleen", model_dir, options, os.path.join(model_dir, f"{name}.pt"))
         self.checkpoint.fetch_in_background()
 
@@ -47,6 +48,7 @@ class SpleenSegmentation(TaskConfig):
             sw_batch_size=SW_BATCH_SIZE,
             weights=self.weights,
             trt_precision=self.trt_precision,
+            channels_last=self.channels_last,
         )
 
     def trainer(self):

@@ -30,6 +30,7 @@ class WholeBodySegmentation(TaskConfig):
         self.max_epochs = options.int("max_epochs", 50, minimum=1)
         self.val_split = options.float("val_split", 0.2, low=0.0, high=0.9)
         self.trt_precision = precision_from_conf(options)
+        self.channels_last = options.bool("channels_last", True)
         self.checkpoints = {
             True: OfficialCheckpoint("wholebody_highres", model_dir, options, os.path.join(model_dir, f"{name}_highres.pt")),
             False: OfficialCheckpoint("wholebody_lowres", model_dir, options, os.path.join(model_dir, f"{name}_lowres.pt")),
@@ -66,6 +67,7 @@ class WholeBodySegmentation(TaskConfig):
             heads=self.heads,
             head_overlap=self.head_overlap,
             trt_precision=self.trt_precision,
+            channels_last=self.channels_last,
         )
 
     def trainer(self):

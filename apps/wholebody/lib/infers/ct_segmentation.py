@@ -11,6 +11,7 @@ from monai.transforms import Compose
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
+from lib import channels_last
 from lib.checkpoints import load_state_dict
 from lib.tensorrt import accelerate
 
@@ -36,6 +37,7 @@ class CTSegmentationTask(BasicInferTask):
         config: dict[str, Any] | None = None,
         paths: Sequence[str] = (),
         trt_precision: str | None = None,
+        channels_last: bool = True,
     ):
         super().__init__(
             path=list(paths),
@@ -49,6 +51,7 @@ class CTSegmentationTask(BasicInferTask):
         self._weights = weights
         self._network_factory = network_factory
         self._trt_precision = trt_precision
+        self._channels_last = channels_last
         self._cache: dict[tuple[str, str | None], tuple[torch.nn.Module, float]] = {}
 
     def info(self) -> dict[str, Any]:
@@ -77,12 +80,15 @@ class CTSegmentationTask(BasicInferTask):
         if cached and cached[1] == mtime:
             return cached[0]
 
-        network = self._load_network(path).to(torch.device(device)).eval()
+        network = self.in_layout(self._load_network(path).to(torch.device(device)).eval(), device)
         if self._trt_precision:
             network = accelerate(network, path, device, self._trt_precision)
         self._cache = {k: v for k, v in self._cache.items() if k[0] != str(device)}
         self._cache[(str(device), path)] = (network, mtime)
         return network
+
+    def in_layout(self, network: torch.nn.Module, device) -> torch.nn.Module:
+        return channels_last.for_device(network, device, self._channels_last)
 
     def _load_network(self, path: str | None) -> torch.nn.Module:
         """The network with the checkpoint's weights (seeded untrained weights without one), on the CPU."""

@@ -40,6 +40,7 @@ class SpleenSegmentation(CTSegmentationTask):
         sw_batch_size: int,
         weights: Callable[[], dict[str, Any]],
         trt_precision: str | None = None,
+        channels_last: bool = True,
     ):
         super().__init__(
             network_factory=network_factory,
@@ -47,6 +48,7 @@ class SpleenSegmentation(CTSegmentationTask):
             description="Spleen (UNet, MONAI spleen_ct_segmentation)",
             weights=weights,
             trt_precision=trt_precision,
+            channels_last=channels_last,
             paths=paths,
         )
         self.pixdim = pixdim

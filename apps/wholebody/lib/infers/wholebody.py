@@ -49,6 +49,7 @@ still adds to them, and keeps only uint8 labels.
         heads: HeadStore,
         head_overlap: str,
         trt_precision: str | None = None,
+        channels_last: bool = True,
     ):
         super().__init__(
             network_factory=network_factory,
@@ -56,6 +57,7 @@ still adds to them, and keeps only uint8 labels.
             description="104 TotalSegmentator structures (SegResNet, MONAI wholeBody_ct_segmentation)",
             weights=weights,
             trt_precision=trt_precision,
+            channels_last=channels_last,
             # A list shows as a choice in Slicer's options; the first entry is the default.
             config={"highres": highres, "sw_overlap": overlap, "heads": True, "head_overlap": _rules_from(head_overlap)},
             paths=[p for paths in checkpoints.values() for p in paths],
@@ -122,6 +124,7 @@ still adds to them, and keeps only uint8 labels.
                 module.load_state_dict(load_state_dict(head["weights"]), strict=True)
                 modules.append(module)
             network = HeadedSegResNet(self._load_network(path), modules).to(torch.device(device)).eval()
+            network = self.in_layout(network, device)
             self._headed = (key, network)
             logger.info(f"wholebody: merging heads {[h['name'] for h in heads]}")
         return self._headed[1]
