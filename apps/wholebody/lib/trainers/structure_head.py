@@ -16,7 +16,7 @@ import logging
 import os
 import re
 import time
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -32,23 +32,12 @@ logger = logging.getLogger(__name__)
 
 
 class StructureHeadTrainer(WholeBodySegmentation):
-    def __init__(
-        self,
-        model_dir: str,
-        network_factory: Callable[[], torch.nn.Module],
-        labels: dict[str, int],
-        checkpoints: dict[bool, Sequence[str]],
-        pixdim: dict[bool, Sequence[float]],
-        roi_size: Sequence[int],
-        highres: bool,
-        max_epochs: int,
-        val_split: float,
-        heads: HeadStore,
-    ):
-        super().__init__(model_dir, network_factory, labels, checkpoints, pixdim, roi_size, highres, max_epochs, val_split)
+    def __init__(self, heads: HeadStore, **wholebody_trainer_args):
+        """``heads``: where heads are published; the rest as for the ``wholebody`` trainer."""
+        super().__init__(**wholebody_trainer_args)
         self._description = "Learn new structures as a decoder head on the frozen 104-structure encoder"
         self._config.update({"structures": "", "head": "", "learning_rate": 1e-3})
-        self.base_labels = dict(labels)
+        self.base_labels = dict(self._channels)
         self.head_store = heads
         self._run: dict[str, Any] = {}
 
