@@ -7,15 +7,15 @@ import os
 from typing import Callable, Sequence
 
 import torch
-from ignite.engine import Events
 from monai.handlers import MeanDice, from_engine
 from monai.inferers import SlidingWindowInferer
 from monai.transforms import AsDiscreted, RandCropByPosNegLabeld, SpatialPadd
-from monailabel.tasks.train.basic_train import BasicTrainTask, Context
+from monailabel.tasks.train.basic_train import Context
 
 from lib.checkpoints import load_state_dict, save_atomically
 from lib.trainers.partial_label_loss import PartialLabelDiceCELoss
 from lib.trainers.per_class_dice import PerClassDice
+from lib.trainers.publishing import PublishingTrainTask
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def saved_label_names(info: dict) -> dict[str, int]:
     return names
 
 
-class CTSegmentationTrainer(BasicTrainTask):
+class CTSegmentationTrainer(PublishingTrainTask):
     def __init__(
         self,
         model_dir: str,
@@ -124,12 +124,6 @@ class CTSegmentationTrainer(BasicTrainTask):
 
     def val_inferer(self, context: Context):
         return SlidingWindowInferer(roi_size=self.roi_size, sw_batch_size=1, overlap=0.25)
-
-    def finalize(self, context: Context):
-        super().finalize(context)
-        if context.local_rank == 0:
-            engine = context.evaluator or context.trainer
-            engine.add_event_handler(Events.EPOCH_COMPLETED, lambda _: self._publish(context))
 
     def _publish(self, context: Context) -> None:
         # The infer task reloads when the published file's mtime changes: write it atomically.

@@ -26,7 +26,6 @@ import os
 from typing import Any, Callable, Sequence
 
 import torch
-from ignite.engine import Events
 from monai.apps.vista3d.sampler import sample_prompt_pairs
 from monai.apps.vista3d.transforms import VistaPostTransformd
 from monai.data import MetaTensor, partition_dataset
@@ -51,12 +50,13 @@ from monai.transforms import (
     SpatialPadd,
 )
 from monai.utils.enums import CommonKeys as Keys
-from monailabel.tasks.train.basic_train import BasicTrainTask, Context
+from monailabel.tasks.train.basic_train import Context
 
 from lib.checkpoints import load_state_dict, save_atomically
 from lib.conf import as_float, as_int
 from lib.official_checkpoint import OfficialCheckpoint
 from lib.trainers.ct_segmentation import saved_label_names
+from lib.trainers.publishing import PublishingTrainTask
 from lib.vista3d_labels import LearnedClasses, label_mapping_for, parse_label_mapping, write_learned_classes
 from lib.vista3d_prompts import PromptError
 
@@ -116,7 +116,7 @@ class ClassPromptInferer(Inferer):
         return inferer(inputs, network, transpose=True, class_vector=class_vector)
 
 
-class Vista3DTrainer(BasicTrainTask):
+class Vista3DTrainer(PublishingTrainTask):
     def __init__(
         self,
         model_dir: str,
@@ -332,12 +332,6 @@ class Vista3DTrainer(BasicTrainTask):
         return {"val_mean_dice": MeanDice(output_transform=from_engine(["pred", "label"]), include_background=False)}
 
     # ------------------------------------------------------------------ publishing
-    def finalize(self, context: Context):
-        super().finalize(context)
-        if context.local_rank == 0:
-            engine = context.evaluator or context.trainer
-            engine.add_event_handler(Events.EPOCH_COMPLETED, lambda _: self._publish(context))
-
     def _publish(self, context: Context) -> None:
         trained = self.checkpoint.trained_path
         if context.evaluator:
