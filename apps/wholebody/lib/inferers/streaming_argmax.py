@@ -165,7 +165,7 @@ class StreamingArgmaxInferer(Inferer):
                     if cell in sums:
                         sums[cell] += part
                     else:  # the first window's contribution, as MONAI's 0 + p
-                        sums[cell] = part.to(dtype=compute_dtype, memory_format=torch.contiguous_format, copy=True)
+                        sums[cell] = _copy_in_layout(part, compute_dtype)
                     if cells.last[cell] == w:  # no later window covers it: final
                         finished = sums.pop(cell)
                         # argmax returns the first maximum, as torch.argmax on MONAI's output does.
@@ -213,3 +213,12 @@ class _Cells:
                 self.last[cell] = w
             self.of_window.append(covered)
 
+
+
+def _copy_in_layout(part: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A dense copy of a window's slice with its dimensions in the window's memory order, so that the copy
+    and every later ``+=`` stream through memory (a channels-last network output copied into a
+    channels-first sum would be a transpose per window)."""
+    order = sorted(range(part.ndim), key=lambda d: -part.stride(d))
+    inverse = sorted(range(part.ndim), key=lambda d: order[d])
+    return part.permute(order).to(dtype=dtype, copy=True).contiguous().permute(inverse)
