@@ -13,6 +13,7 @@ from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from lib import channels_last
 from lib.checkpoints import load_state_dict
+from lib.cpu_memory import reusing_freed_memory
 from lib.tensorrt import accelerate
 
 logger = logging.getLogger(__name__)
@@ -118,7 +119,7 @@ class CTSegmentationTask(BasicInferTask):
         network = self._get_network(device, data)
         inputs = torch.as_tensor(data[self.input_key])[None].to(torch.device(device))
         inferer = self.inferer(data)
-        with torch.inference_mode(), torch.autocast("cuda", enabled=str(device).startswith("cuda")):
+        with reusing_freed_memory(), torch.inference_mode(), torch.autocast("cuda", enabled=str(device).startswith("cuda")):
             outputs = inferer(inputs, network)
         if str(device).startswith("cuda"):
             torch.cuda.empty_cache()

@@ -23,6 +23,7 @@ from monai.transforms import CastToTyped, Invertd, Lambdad, MapTransform, Squeez
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
+from lib.cpu_memory import reusing_freed_memory
 from lib.vista3d_prompts import PromptError, ResolvedPrompts, resolve_prompts
 from lib.vista3d_runtime import PreprocessedImage, Vista3DRuntime
 
@@ -155,7 +156,7 @@ class Vista3DTask(BasicInferTask):
         prompts = self.prompts(data, prep)
         network, model_key = self.runtime.network(device)
         image = data[self.input_key][None].to(torch.device(device))
-        with torch.no_grad(), torch.autocast("cuda", enabled=str(device).startswith("cuda")):
+        with reusing_freed_memory(), torch.no_grad(), torch.autocast("cuda", enabled=str(device).startswith("cuda")):
             logits, post_prompts = self.logits(network, image, prompts, prep, model_key, data)
         if str(device).startswith("cuda"):
             torch.cuda.empty_cache()

@@ -20,6 +20,7 @@ from monai.transforms import (
     SqueezeDimd,
 )
 
+from lib.cpu_memory import reusing_freed_memory
 from lib.inferers.streaming_argmax import StreamingArgmaxInferer
 from lib.transforms.validate import CheckCTVolumed
 
@@ -65,7 +66,7 @@ def segment(path: str, network: torch.nn.Module, pixdim, roi_size, overlap, devi
     """The whole pipeline on one file: (X, Y, Z) uint8 labels in the input's geometry."""
     pre = Compose(preprocessing(pixdim, device))
     data = pre({"image": path})
-    with torch.inference_mode(), torch.autocast("cuda", enabled=torch.device(device).type == "cuda"):
+    with reusing_freed_memory(), torch.inference_mode(), torch.autocast("cuda", enabled=torch.device(device).type == "cuda"):
         labels = inferer(roi_size, overlap)(data["image"][None], network)
     data["pred"] = labels[0].clone()
     return Compose(postprocessing(pre))(data)["pred"]
