@@ -3,8 +3,8 @@
 glibc serves every allocation over its mmap threshold (at most 32 MB) with a new mmap and gives it back with
 munmap on free, so each of a 96^3 window's activations (32 channels x 96^3 float32 = 113 MB, dozens per
 forward) arrives as untouched pages that the kernel must fault in and zero, every window. On this project's
-2-core machine that was a third of a wholebody forward (channels-last 96^3 window: 1.9 s -> 1.3 s, system
-time 5.6 s -> 1.3 s over five windows). With mmap off and no automatic trimming, freed blocks stay in the heap
+2-core machine that was a quarter of a wholebody forward (96^3 window, channels-last: 2.3 s -> 1.7 s;
+default layout 2.6 s -> 1.9 s). With mmap off and no automatic trimming, freed blocks stay in the heap
 and the next window reuses them; after each request ``malloc_trim`` hands the free pages back, so an idle
 server's RSS still falls back. Peak RSS rises a little, since freed blocks do not always fit the next request
 (a 16-filter SegResNet forward at 96^3: 2.39 -> 2.57 GB peak, 1.2 s -> 0.7 s).
