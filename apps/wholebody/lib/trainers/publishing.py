@@ -1,13 +1,22 @@
-"""Trainers publish to where the infer tasks look, after every epoch, so users get the better model
-while training goes on (the infer tasks reload a checkpoint when its mtime changes)."""
+"""The base of this app's trainers: they publish to where the infer tasks look, after every epoch, so users
+get the better model while training goes on (the infer tasks reload a checkpoint when its mtime changes),
+and train with freed CPU memory reused (lib/cpu_memory.py)."""
 
 from __future__ import annotations
 
 from ignite.engine import Events
 from monailabel.tasks.train.basic_train import BasicTrainTask, Context
 
+from lib.cpu_memory import reusing_freed_memory
+
 
 class PublishingTrainTask(BasicTrainTask):
+    def __call__(self, request, datastore):
+        # On the CPU a 96^3 iteration of the wholebody SegResNet (forward, backward, AdamW) took 9.3 s with
+        # glibc's default of fresh pages for every large tensor, 6.7 s with freed ones reused.
+        with reusing_freed_memory():
+            return super().__call__(request, datastore)
+
     def finalize(self, context: Context):
         super().finalize(context)
         if context.local_rank == 0:  # one writer under multi-GPU training
