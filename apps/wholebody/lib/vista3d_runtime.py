@@ -34,12 +34,12 @@ from monai.transforms import (
     LoadImaged,
     Orientationd,
     ScaleIntensityRanged,
-    Spacingd,
 )
 
 from lib.checkpoints import load_state_dict
 from lib.inferers.vista3d_grid import GridPointWindowInferer
 from lib.official_checkpoint import OfficialCheckpoint
+from lib.transforms.index_inversion import IndexInvertibleSpacingd
 from lib.transforms.validate import CheckCTVolumed
 from lib.vista3d_labels import LearnedClasses, table_labels
 
@@ -57,7 +57,7 @@ def preprocessing(pixdim: Sequence[float], hu_window: Sequence[float], margin: i
         EnsureChannelFirstd(keys="image"),
         CheckCTVolumed(keys="image"),
         EnsureTyped(keys="image", device=device, track_meta=True),
-        Spacingd(keys="image", pixdim=pixdim, mode="bilinear"),
+        IndexInvertibleSpacingd(keys="image", pixdim=pixdim, mode="bilinear"),  # labels inverted by index
         CropForegroundd(keys="image", source_key="image", margin=margin, allow_smaller=True),
         ScaleIntensityRanged(keys="image", a_min=hu_window[0], a_max=hu_window[1], b_min=0.0, b_max=1.0, clip=True),
         Orientationd(keys="image", axcodes="RAS"),
