@@ -63,7 +63,7 @@ def release_freed_memory() -> None:
 
 @contextmanager
 def reusing_freed_memory() -> Iterator[None]:
-    """Within the block (one inference), freed tensors' memory is reused; after it, free pages go back."""
+    """Within the block (one request), freed tensors' memory is reused; after it, free pages go back."""
     keep_freed_memory()
     try:
         yield

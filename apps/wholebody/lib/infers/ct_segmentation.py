@@ -110,6 +110,11 @@ class CTSegmentationTask(BasicInferTask):
     def clear_cache(self):
         self._cache.clear()
 
+    def __call__(self, request, callbacks=None):
+        # One request is one block of reused CPU memory: pre, infer and post; handed back once it is answered.
+        with reusing_freed_memory():
+            return super().__call__(request, callbacks)
+
     def run_pre_transforms(self, data, transforms):
         data = super().run_pre_transforms(data, transforms)
         data[PRE_TRANSFORMS_KEY] = Compose(transforms)
@@ -119,7 +124,7 @@ class CTSegmentationTask(BasicInferTask):
         network = self._get_network(device, data)
         inputs = torch.as_tensor(data[self.input_key])[None].to(torch.device(device))
         inferer = self.inferer(data)
-        with reusing_freed_memory(), torch.inference_mode(), torch.autocast("cuda", enabled=str(device).startswith("cuda")):
+        with torch.inference_mode(), torch.autocast("cuda", enabled=str(device).startswith("cuda")):
             outputs = inferer(inputs, network)
         if str(device).startswith("cuda"):
             torch.cuda.empty_cache()

@@ -126,7 +126,8 @@ class Vista3DTask(BasicInferTask):
         self.labels = self.runtime.labels()
         self.check_request(request)
         before = self.runtime.inferer.stats()
-        result_file, result_json = super().__call__(request, callbacks)
+        with reusing_freed_memory():  # CPU memory reused within the request, handed back after it
+            result_file, result_json = super().__call__(request, callbacks)
         extra = result_json.pop(RESULT_KEY, {})
         result_json["label_names"] = extra.pop("label_names", result_json.get("label_names"))
         after = self.runtime.stats()
@@ -156,7 +157,7 @@ class Vista3DTask(BasicInferTask):
         prompts = self.prompts(data, prep)
         network, model_key = self.runtime.network(device)
         image = data[self.input_key][None].to(torch.device(device))
-        with reusing_freed_memory(), torch.no_grad(), torch.autocast("cuda", enabled=str(device).startswith("cuda")):
+        with torch.no_grad(), torch.autocast("cuda", enabled=str(device).startswith("cuda")):
             logits, post_prompts = self.logits(network, image, prompts, prep, model_key, data)
         if str(device).startswith("cuda"):
             torch.cuda.empty_cache()

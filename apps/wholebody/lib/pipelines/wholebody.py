@@ -65,9 +65,10 @@ def postprocessing(pre: Compose) -> list:
 
 def segment(path: str, network: torch.nn.Module, pixdim, roi_size, overlap, device) -> torch.Tensor:
     """The whole pipeline on one file: (X, Y, Z) uint8 labels in the input's geometry."""
-    pre = Compose(preprocessing(pixdim, device))
-    data = pre({"image": path})
-    with reusing_freed_memory(), torch.inference_mode(), torch.autocast("cuda", enabled=torch.device(device).type == "cuda"):
-        labels = inferer(roi_size, overlap)(data["image"][None], network)
-    data["pred"] = labels[0].clone()
-    return Compose(postprocessing(pre))(data)["pred"]
+    with reusing_freed_memory():
+        pre = Compose(preprocessing(pixdim, device))
+        data = pre({"image": path})
+        with torch.inference_mode(), torch.autocast("cuda", enabled=torch.device(device).type == "cuda"):
+            labels = inferer(roi_size, overlap)(data["image"][None], network)
+        data["pred"] = labels[0].clone()
+        return Compose(postprocessing(pre))(data)["pred"]

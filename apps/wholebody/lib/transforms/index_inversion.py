@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from monai.data import MetaTensor
 from monai.networks.utils import to_norm_affine
 from monai.transforms import SpatialResample, Spacingd
-from monai.utils import TraceKeys
+from monai.utils import TraceKeys, get_torch_dtype_from_string
 
 __all__ = ["IndexInvertibleSpacingd"]
 
@@ -46,7 +46,7 @@ def _invert_by_index(img: torch.Tensor, resample: SpatialResample) -> MetaTensor
         return None
     src_size = tuple(int(n) for n in img.shape[1:])
     dst_size = tuple(int(n) for n in op[TraceKeys.ORIG_SIZE])
-    dtype = getattr(torch, info["dtype"])
+    dtype = get_torch_dtype_from_string(info["dtype"])
     # What monai.transforms.spatial.functional.spatial_resample and AffineTransform compute for this inverse.
     src_affine = img.peek_pending_affine().to(torch.float64)
     dst_affine = torch.as_tensor(info["src_affine"], dtype=torch.float64)
