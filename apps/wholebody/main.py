@@ -23,8 +23,8 @@ import lib.configs
 from lib.activelearning import datastore_info, trigger
 from lib.activelearning.handout import Exclusive, Handouts
 from lib.conf import Conf, ConfError
-from lib.datastore import CheckedLocalDatastore
-from lib.http_errors import NotFoundError, check_id
+from lib.datastore.local import CheckedLocalDatastore
+from lib.server.errors import NotFoundError, check_id
 
 logger = logging.getLogger(__name__)
 
@@ -70,13 +70,13 @@ class WholeBodyApp(MONAILabelApp):
             read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
         )
 
-    # --- remote datastore: a DICOMweb PACS (lib/dicomweb_datastore.py; README "Hospital set-up") ---
+    # --- remote datastore: a DICOMweb PACS (lib/pacs/datastore.py; README "Hospital set-up") ---
     def init_remote_datastore(self) -> Datastore:
         """``--studies http(s)://.../dicom-web``: series from the PACS, labels back as DICOM SEG
         written in Python. Never downloads dcmqi (stock MONAI Label does, and crashes offline)."""
         from monailabel.config import settings
 
-        from lib import dicomweb_datastore
+        from lib.pacs import datastore as dicomweb_datastore
 
         if settings.MONAI_LABEL_DATASTORE.lower() in ("xnat", "dsa"):
             return super().init_remote_datastore()
@@ -84,7 +84,7 @@ class WholeBodyApp(MONAILabelApp):
         store = dicomweb_datastore.create(self.studies, self.options, model_labels, "0.1.0")
         if "monailabel.app" in sys.modules and "googleapis.com" not in self.studies:
             # Under the server: OHIF's proxy to the PACS, fixed (Google's keeps the stock proxy and its tokens).
-            from lib import dicomweb_proxy
+            from lib.pacs import proxy as dicomweb_proxy
 
             dicomweb_proxy.install(sys.modules["monailabel.app"].app)
         return store
@@ -164,8 +164,9 @@ class WholeBodyApp(MONAILabelApp):
         # Imported here: the FastAPI app exists only when running under the server.
         from monailabel.app import app as fastapi_app
 
-        from lib import http_errors, train_requests
         from lib.heads import routes as head_routes
+        from lib.server import errors as http_errors
+        from lib.server import train_requests
 
         http_errors.install(fastapi_app)
         head_routes.install(fastapi_app, self._infers)

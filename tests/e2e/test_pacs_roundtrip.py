@@ -191,7 +191,7 @@ def test_orthanc_roundtrip_infer_save_seg_and_pacs_outage(orthanc, pacs_tools, s
     present = [int(v) for v in values if v]
     assert [str(s.SegmentLabel) for s in seg.SegmentSequence] == [by_value[v] for v in present]
     codes = {str(s.SegmentLabel): s for s in seg.SegmentSequence}
-    from lib.dicom_seg import segment_codes
+    from lib.pacs.seg import segment_codes
 
     coded = 0
     for name, item in codes.items():
@@ -251,7 +251,7 @@ def test_orthanc_roundtrip_infer_save_seg_and_pacs_outage(orthanc, pacs_tools, s
     assert len(newest) == 1 and np.array_equal(seg_on_label_grid(newest[0], edited_image, names), edited.astype(np.int64))
 
     # Another workstation (a fresh cache) trains on what the PACS holds: the newest SEG.
-    from lib.dicomweb_datastore import PacsDatastore, make_client
+    from lib.pacs.datastore import PacsDatastore, make_client
 
     other = PacsDatastore(
         make_client(orthanc.dicomweb_url, orthanc.auth, 60, {}), {"Modality": "CT"}, str(tmp_path / "other-cache"),

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from lib.networks import spleen_unet
-from lib.weights import OFFICIAL_WEIGHTS, ensure_weights, md5sum
+from lib.weights.download import OFFICIAL_WEIGHTS, ensure_weights, md5sum
 
 pytestmark = pytest.mark.e2e
 

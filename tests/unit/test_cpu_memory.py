@@ -15,7 +15,7 @@ import torch
 from monai.networks.nets import SegResNet
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "apps" / "wholebody"))
-from lib import cpu_memory  # noqa: E402
+from lib.acceleration import cpu_memory  # noqa: E402
 
 
 def _rss_bytes() -> int:

@@ -1,4 +1,4 @@
-"""DICOM SEG writing and reading (lib.dicom_seg), segment codes, and the PACS credentials options."""
+"""DICOM SEG writing and reading (lib.pacs.seg), segment codes, and the PACS credentials options."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import SimpleITK as sitk
 
 from conftest import PACS_SERIES, SHARED
 from lib.conf import Conf, ConfError
-from lib.dicom_seg import (
+from lib.pacs.seg import (
     ANATOMICAL_STRUCTURE,
     FINDING_CODES,
     LEFT,
@@ -155,7 +155,7 @@ def test_manual_label_and_empty_label(tmp_path):
 
 
 def test_credentials_from_a_file_or_the_environment(tmp_path, monkeypatch):
-    from lib.dicomweb_datastore import read_credentials
+    from lib.pacs.datastore import read_credentials
 
     for key in ("DICOMWEB", "DATASTORE"):
         monkeypatch.setattr(f"monailabel.config.settings.MONAI_LABEL_{key}_USERNAME", "")

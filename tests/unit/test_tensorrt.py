@@ -8,7 +8,7 @@ import torch
 from lib.conf import Conf, ConfError
 from lib.networks import wholebody_segresnet
 from lib.pipelines import wholebody as pipeline
-from lib.tensorrt import accelerate, precision_from_conf, tensorrt_available
+from lib.acceleration.tensorrt import accelerate, precision_from_conf, tensorrt_available
 
 
 def test_precision_option():

@@ -23,10 +23,10 @@ from monai.inferers import SlidingWindowInfererAdapt  # noqa: E402
 from monai.networks.nets import SegResNetDS2  # noqa: E402
 from monai.networks.nets.vista3d import VISTA3D, ClassMappingClassify, PointMappingSAM  # noqa: E402
 
-from lib.inferers.vista3d_grid import GridPointWindowInferer, grid_window  # noqa: E402
+from lib.vista3d.grid_inferer import GridPointWindowInferer, grid_window  # noqa: E402
 from lib.infers.vista3d import parse_label_prompt  # noqa: E402
 from lib.trainers.vista3d import MapLabelsd, parse_patch_size  # noqa: E402
-from lib.vista3d_labels import (  # noqa: E402
+from lib.vista3d.classes import (  # noqa: E402
     LearnedClasses,
     class_id_for_name,
     label_mapping_for,
@@ -34,8 +34,8 @@ from lib.vista3d_labels import (  # noqa: E402
     table_labels,
     write_learned_classes,
 )
-from lib.vista3d_prompts import PromptError  # noqa: E402
-from lib.vista3d_runtime import PreprocessedImage, PreprocessedImageCache, file_identity  # noqa: E402
+from lib.vista3d.prompts import PromptError  # noqa: E402
+from lib.vista3d.runtime import PreprocessedImage, PreprocessedImageCache, file_identity  # noqa: E402
 
 
 # ------------------------------------------------------------------ names and mappings
@@ -308,7 +308,7 @@ def test_trainer_maps_labels_trains_validates_and_publishes(tmp_path, val_split)
     from monailabel.datastore.local import LocalDatastore
 
     from lib.conf import Conf
-    from lib.official_checkpoint import OfficialCheckpoint
+    from lib.weights.official import OfficialCheckpoint
     from lib.trainers.vista3d import Vista3DTrainer
 
     studies, model_dir = tmp_path / "studies", tmp_path / "model"

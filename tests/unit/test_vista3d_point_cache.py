@@ -28,7 +28,7 @@ from monai.inferers import SlidingWindowInfererAdapt  # noqa: E402
 from monai.networks.nets import SegResNetDS2, vista3d132  # noqa: E402
 from monai.networks.nets.vista3d import VISTA3D, ClassMappingClassify, PointMappingSAM  # noqa: E402
 
-from lib.inferers.vista3d_point import CachedPointWindowInferer, tensor_digest, transform_points  # noqa: E402
+from lib.vista3d.point_inferer import CachedPointWindowInferer, tensor_digest, transform_points  # noqa: E402
 
 CT = "/work/shared/data/ct/example_ct_sm.nii.gz"
 HU_RANGE = (-963.8247715525971, 1053.678477684517)

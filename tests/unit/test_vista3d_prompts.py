@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "apps" / "wholebody"))
 
-from lib.vista3d_prompts import (  # noqa: E402
+from lib.vista3d.prompts import (  # noqa: E402
     AUTO_UNSUPPORTED,
     CLASSES,
     CLASSES_JSON,

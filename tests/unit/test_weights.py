@@ -18,7 +18,7 @@ APP_DIR = Path(__file__).resolve().parents[2] / "apps" / "wholebody"
 if str(APP_DIR) not in sys.path:
     sys.path.insert(0, str(APP_DIR))
 
-from lib.weights import OFFICIAL_WEIGHTS, OfficialWeights, ensure_weights, md5sum, weights_url  # noqa: E402
+from lib.weights.download import OFFICIAL_WEIGHTS, OfficialWeights, ensure_weights, md5sum, weights_url  # noqa: E402
 
 PAYLOAD = b"fake checkpoint " * 100_000  # > 1 MiB so the download loop takes several chunks
 PAYLOAD_MD5 = hashlib.md5(PAYLOAD).hexdigest()

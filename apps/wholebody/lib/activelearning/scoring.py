@@ -29,9 +29,9 @@ from monailabel.interfaces.tasks.scoring import ScoringMethod
 
 from lib.activelearning import datastore_info
 from lib.activelearning.mc_dropout import enable_mc_dropout, mc_dropout_uncertainty
-from lib.checkpoints import load_state_dict
 from lib.conf import as_bool, as_int
 from lib.pipelines import wholebody as pipeline
+from lib.weights.checkpoints import load_state_dict
 
 logger = logging.getLogger(__name__)
 

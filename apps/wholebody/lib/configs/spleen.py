@@ -8,11 +8,11 @@ from monailabel.interfaces.config import TaskConfig
 
 import lib.infers.spleen
 import lib.trainers.spleen
+from lib.acceleration.tensorrt import precision_from_conf
 from lib.conf import Conf
 from lib.labels import SPLEEN_LABELS
 from lib.networks import spleen_unet
-from lib.official_checkpoint import OfficialCheckpoint
-from lib.tensorrt import precision_from_conf
+from lib.weights.official import OfficialCheckpoint
 
 PIXDIM = (1.5, 1.5, 2.0)
 HU_WINDOW = (-57.0, 164.0)

@@ -13,10 +13,10 @@ import lib.infers.vista3d_point
 import lib.trainers.vista3d
 from lib.conf import Conf, ConfError
 from lib.infers.vista3d import parse_label_prompt
-from lib.official_checkpoint import OfficialCheckpoint
-from lib.vista3d_labels import LearnedClasses
-from lib.vista3d_prompts import PromptError, resolve_prompts
-from lib.vista3d_runtime import Vista3DRuntime
+from lib.vista3d.classes import LearnedClasses
+from lib.vista3d.prompts import PromptError, resolve_prompts
+from lib.vista3d.runtime import Vista3DRuntime
+from lib.weights.official import OfficialCheckpoint
 
 # The bundle's inference.json / train.json.
 SPACING = 1.5

@@ -9,6 +9,7 @@ from monailabel.interfaces.config import TaskConfig
 import lib.infers.wholebody
 import lib.trainers.structure_head
 import lib.trainers.wholebody
+from lib.acceleration.tensorrt import precision_from_conf
 from lib.activelearning.scoring import SCORE_KEY, WholeBodyUncertainty
 from lib.activelearning.strategies import Uncertainty
 from lib.conf import Conf, ConfError
@@ -16,9 +17,8 @@ from lib.heads.merge import OVERLAP_RULES
 from lib.heads.store import HeadStore
 from lib.labels import wholebody_labels
 from lib.networks import wholebody_segresnet
-from lib.official_checkpoint import OfficialCheckpoint
-from lib.tensorrt import precision_from_conf
 from lib.pipelines.wholebody import OVERLAP, PIXDIM, ROI_SIZE
+from lib.weights.official import OfficialCheckpoint
 
 
 class WholeBodySegmentation(TaskConfig):

@@ -11,7 +11,7 @@ from monailabel.config import RBAC_ADMIN, RBAC_USER, settings
 from monailabel.endpoints.user.auth import RBAC, User
 
 from lib.heads.store import RESOLUTIONS, HeadError
-from lib.http_errors import NotFoundError
+from lib.server.errors import NotFoundError
 
 
 def install(fastapi_app: FastAPI, infers: dict) -> None:

@@ -18,9 +18,9 @@ from typing import Iterable
 
 import torch
 
-from lib.checkpoints import save_atomically
 from lib.conf import ConfError
-from lib.http_errors import NotFoundError
+from lib.server.errors import NotFoundError
+from lib.weights.checkpoints import save_atomically
 
 HEAD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 RESOLUTIONS = {True: "highres", False: "lowres"}

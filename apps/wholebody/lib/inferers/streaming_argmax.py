@@ -21,7 +21,6 @@ in z-major order), which can flip a label only where two classes are tied to wit
 from __future__ import annotations
 
 import itertools
-
 from collections.abc import Callable, Sequence
 from typing import Any
 

@@ -11,10 +11,10 @@ from monai.transforms import Compose
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
-from lib import channels_last
-from lib.checkpoints import load_state_dict
-from lib.cpu_memory import reusing_freed_memory
-from lib.tensorrt import accelerate
+from lib.acceleration import channels_last
+from lib.acceleration.cpu_memory import reusing_freed_memory
+from lib.acceleration.tensorrt import accelerate
+from lib.weights.checkpoints import load_state_dict
 
 logger = logging.getLogger(__name__)
 

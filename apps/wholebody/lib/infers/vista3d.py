@@ -1,7 +1,7 @@
 """``vista3d``: automatic segmentation by class prompts (VISTA3D, MONAI bundle ``vista3d``), and the
 base class it shares with ``vista3d_point``.
 
-The pipeline is the bundle's ``inference.json``: preprocessing (``lib.vista3d_runtime.preprocessing``),
+The pipeline is the bundle's ``inference.json``: preprocessing (``lib.vista3d.runtime.preprocessing``),
 the class head over a sliding window (``SlidingWindowInfererAdapt``, 128^3, replicate padding, as the
 bundle's ``scripts/inferer.py``), ``VistaPostTransformd`` and ``Invertd`` with nearest interpolation.
 Where the bundle writes 255 for voxels no window computed (NaN), the answer holds 0 (background).
@@ -23,9 +23,9 @@ from monai.transforms import CastToTyped, Invertd, Lambdad, MapTransform, Squeez
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
-from lib.cpu_memory import reusing_freed_memory
-from lib.vista3d_prompts import PromptError, ResolvedPrompts, resolve_prompts
-from lib.vista3d_runtime import PreprocessedImage, Vista3DRuntime
+from lib.acceleration.cpu_memory import reusing_freed_memory
+from lib.vista3d.prompts import PromptError, ResolvedPrompts, resolve_prompts
+from lib.vista3d.runtime import PreprocessedImage, Vista3DRuntime
 
 logger = logging.getLogger(__name__)
 

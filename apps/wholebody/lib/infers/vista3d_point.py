@@ -21,11 +21,11 @@ from typing import Any
 import torch
 from monailabel.interfaces.tasks.infer_v2 import InferType
 
-from lib.inferers.vista3d_point import transform_points
 from lib.infers.vista3d import Vista3DTask, parse_label_prompt
-from lib.vista3d_labels import class_id_for_name
-from lib.vista3d_prompts import PromptError, ResolvedPrompts, resolve_prompts
-from lib.vista3d_runtime import Vista3DRuntime
+from lib.vista3d.classes import class_id_for_name
+from lib.vista3d.point_inferer import transform_points
+from lib.vista3d.prompts import PromptError, ResolvedPrompts, resolve_prompts
+from lib.vista3d.runtime import Vista3DRuntime
 
 DEFAULT_SEGMENT_NAME = "vista3d point"
 SEGMENT_KEY = "_vista3d_segment"

@@ -9,13 +9,13 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from lib.checkpoints import load_state_dict
 from lib.conf import ConfError, as_bool, as_float
 from lib.heads.merge import OVERLAP_RULES, MergedArgmax
 from lib.heads.network import HeadedSegResNet, StructureHead, encoder_fingerprint
 from lib.heads.store import HeadStore
 from lib.infers.ct_segmentation import PRE_TRANSFORMS_KEY, CTSegmentationTask
 from lib.pipelines import wholebody as pipeline
+from lib.weights.checkpoints import load_state_dict
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from monai.transforms import (
     SqueezeDimd,
 )
 
-from lib.cpu_memory import reusing_freed_memory
+from lib.acceleration.cpu_memory import reusing_freed_memory
 from lib.inferers.streaming_argmax import StreamingArgmaxInferer
 from lib.transforms.index_inversion import IndexInvertibleSpacingd
 from lib.transforms.validate import CheckCTVolumed

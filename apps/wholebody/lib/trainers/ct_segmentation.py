@@ -12,25 +12,13 @@ from monai.inferers import SlidingWindowInferer
 from monai.transforms import AsDiscreted, RandCropByPosNegLabeld, SpatialPadd
 from monailabel.tasks.train.basic_train import Context
 
-from lib.checkpoints import load_state_dict, save_atomically
+from lib.labels.saved import saved_label_names
 from lib.trainers.partial_label_loss import PartialLabelDiceCELoss
 from lib.trainers.per_class_dice import PerClassDice
 from lib.trainers.publishing import PublishingTrainTask
+from lib.weights.checkpoints import load_state_dict, save_atomically
 
 logger = logging.getLogger(__name__)
-
-
-def saved_label_names(info: dict) -> dict[str, int]:
-    """Segment name -> value of a saved label: Slicer sends ``label_info`` [{name, idx}], labels
-    saved from an infer result carry the model's ``label_names``."""
-    names = {}
-    for segment in info.get("label_info") or info.get("params", {}).get("label_info") or []:
-        value = segment.get("idx", segment.get("id"))
-        if segment.get("name") and value is not None:
-            names[segment["name"]] = int(value)
-    if not names:
-        names = dict(info.get("params", {}).get("label_names") or info.get("label_names") or {})
-    return names
 
 
 class CTSegmentationTrainer(PublishingTrainTask):

@@ -1,13 +1,13 @@
 """The base of this app's trainers: they publish to where the infer tasks look, after every epoch, so users
 get the better model while training goes on (the infer tasks reload a checkpoint when its mtime changes),
-and train with freed CPU memory reused (lib/cpu_memory.py)."""
+and train with freed CPU memory reused (lib/acceleration/cpu_memory.py)."""
 
 from __future__ import annotations
 
 from ignite.engine import Events
 from monailabel.tasks.train.basic_train import BasicTrainTask, Context
 
-from lib.cpu_memory import reusing_freed_memory
+from lib.acceleration.cpu_memory import reusing_freed_memory
 
 
 class PublishingTrainTask(BasicTrainTask):

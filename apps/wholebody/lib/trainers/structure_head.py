@@ -20,13 +20,13 @@ from typing import Any
 
 import torch
 
-from lib.checkpoints import load_state_dict
 from lib.conf import as_bool, as_float
 from lib.heads.network import HeadTrainingNetwork, StructureHead, encoder_fingerprint
 from lib.heads.store import HeadError, HeadRecord, HeadStore, check_head_name
-from lib.trainers.ct_segmentation import saved_label_names
+from lib.labels.saved import saved_label_names
 from lib.trainers.wholebody import WholeBodySegmentation
 from lib.transforms.partial_labels import normalise_name
+from lib.weights.checkpoints import load_state_dict
 
 logger = logging.getLogger(__name__)
 

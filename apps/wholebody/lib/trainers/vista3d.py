@@ -52,13 +52,13 @@ from monai.transforms import (
 from monai.utils.enums import CommonKeys as Keys
 from monailabel.tasks.train.basic_train import Context
 
-from lib.checkpoints import load_state_dict, save_atomically
 from lib.conf import as_float, as_int
-from lib.official_checkpoint import OfficialCheckpoint
-from lib.trainers.ct_segmentation import saved_label_names
+from lib.labels.saved import saved_label_names
 from lib.trainers.publishing import PublishingTrainTask
-from lib.vista3d_labels import LearnedClasses, label_mapping_for, parse_label_mapping, write_learned_classes
-from lib.vista3d_prompts import PromptError
+from lib.vista3d.classes import LearnedClasses, label_mapping_for, parse_label_mapping, write_learned_classes
+from lib.vista3d.prompts import PromptError
+from lib.weights.checkpoints import load_state_dict, save_atomically
+from lib.weights.official import OfficialCheckpoint
 
 logger = logging.getLogger(__name__)
 

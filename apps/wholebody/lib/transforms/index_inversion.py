@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from monai.data import MetaTensor
 from monai.networks.utils import to_norm_affine
-from monai.transforms import SpatialResample, Spacingd
+from monai.transforms import Spacingd, SpatialResample
 from monai.utils import TraceKeys, get_torch_dtype_from_string
 
 __all__ = ["IndexInvertibleSpacingd"]

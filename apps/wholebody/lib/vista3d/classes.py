@@ -1,7 +1,7 @@
 """VISTA3D class names the app knows: the published table, classes learned by finetuning, and the
 mapping from a saved label's values to global class ids.
 
-Pure Python (no torch), like ``lib.vista3d_prompts``: the infer tasks read the learned classes on every
+Pure Python (no torch), like ``lib.vista3d.prompts``: the infer tasks read the learned classes on every
 request and the trainer computes its label mapping before any image is read.
 
 Learned classes live in ``<model_dir>/vista3d_classes.json`` (``{"name": id, ...}``, ids 133..254), written
@@ -17,7 +17,7 @@ import tempfile
 import threading
 from typing import Any, Iterable, Mapping, Sequence
 
-from lib.vista3d_prompts import (
+from lib.vista3d.prompts import (
     CLASSES,
     FIRST_NEW_CLASS_ID,
     LAST_NEW_CLASS_ID,

@@ -6,7 +6,7 @@ import json
 import os
 from functools import lru_cache
 
-LABELS_DIR = os.path.join(os.path.dirname(__file__), "labels")
+LABELS_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 @lru_cache(maxsize=None)

@@ -45,7 +45,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from monai.apps.vista3d.inferer import point_based_window_inferer
 from monai.data.meta_tensor import MetaTensor
 from monai.inferers import SlidingWindowInfererAdapt

@@ -8,13 +8,13 @@ segment as "Spleen", caches the study list for two hours, answers an unreachable
 
 - fetches series in their stored transfer syntax (``transfer-syntax=*``) and converts them to
   NIfTI once (SimpleITK/GDCM decodes JPEG 2000; pylibjpeg-openjpeg is there for pydicom);
-- writes DICOM SEG with highdicom (``lib.dicom_seg``): named segments with SNOMED CT codes,
+- writes DICOM SEG with highdicom (``lib.pacs.seg``): named segments with SNOMED CT codes,
   referencing the source series; no dcmqi;
 - keeps every saved label on disk first, then uploads it (STOW-RS); while the PACS is down the
   SEG waits in ``<cache>/pending/`` and a background thread retries, also after a restart;
 - answers requests that need an unreachable PACS with 503 and one line that says what to do,
   a refused login with 502, an unknown series with 404;
-- checks ids as the local datastore does (``lib.http_errors.check_id``).
+- checks ids as the local datastore does (``lib.server.errors.check_id``).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from monailabel.utils.others.generic import md5_digest
 from pydicom.dataset import Dataset
 
 from lib.conf import ConfError
-from lib.http_errors import NotFoundError, check_id
+from lib.server.errors import NotFoundError, check_id
 
 logger = logging.getLogger(__name__)
 
@@ -305,7 +305,7 @@ class PacsDatastore(DICOMWebDatastore):
 
     # ------------------------------------------------------------------ labels
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: Dict[str, Any], label_id: str = "") -> str:
-        from lib.image_check import check_label_file, read_header
+        from lib.datastore.image_check import check_label_file, read_header
 
         check_id(image_id, "image id")
         check_id(label_tag, "label tag")
@@ -327,7 +327,7 @@ class PacsDatastore(DICOMWebDatastore):
         seg_file = os.path.join(self._pending_dir, f"{image_id}.{time.time_ns()}.dcm")
         model = label_info.get("model") or (label_info.get("params") or {}).get("model")
         try:
-            from lib.dicom_seg import write_seg
+            from lib.pacs.seg import write_seg
 
             seg = write_seg(
                 self.source_files(image_id),
@@ -561,7 +561,7 @@ class PacsDatastore(DICOMWebDatastore):
     def _import_seg(self, image_id: str, seg_uid: str) -> None:
         import SimpleITK as sitk
 
-        from lib.dicom_seg import read_seg
+        from lib.pacs.seg import read_seg
 
         image_uri = self.get_image_uri(image_id)
         meta = self._series_meta(seg_uid)
@@ -665,7 +665,7 @@ def label_names_for(model_labels: Mapping[str, Mapping[str, int]]) -> Callable[[
     result's ``label_names``), else the labels of the model it names; else none (generic)."""
 
     def names(info: dict) -> Dict[int, str]:
-        from lib.trainers.ct_segmentation import saved_label_names
+        from lib.labels.saved import saved_label_names
 
         named = saved_label_names(info or {})
         if not named:

@@ -33,11 +33,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-
 from monai.apps.vista3d.inferer import _pad_previous_mask
 from monai.data.meta_tensor import MetaTensor
 
-from lib.inferers.vista3d_point import CachedPointWindowInferer
+from lib.vista3d.point_inferer import CachedPointWindowInferer
 
 __all__ = ["GridPointWindowInferer", "grid_window"]
 

@@ -48,7 +48,7 @@ __all__ = [
     "resolve_prompts",
 ]
 
-CLASSES_JSON = os.path.join(os.path.dirname(os.path.abspath(__file__)), "labels", "vista3d_classes.json")
+CLASSES_JSON = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "labels", "vista3d_classes.json")
 
 #: last id the published network was trained on; 133..254 are free for finetuned classes
 LAST_SUPPORTED_ID = 132

@@ -18,7 +18,6 @@ import ctypes
 import logging
 import os
 import threading
-
 from contextlib import contextmanager
 from typing import Iterator
 

@@ -36,12 +36,12 @@ from monai.transforms import (
     ScaleIntensityRanged,
 )
 
-from lib.checkpoints import load_state_dict
-from lib.inferers.vista3d_grid import GridPointWindowInferer
-from lib.official_checkpoint import OfficialCheckpoint
 from lib.transforms.index_inversion import IndexInvertibleSpacingd
 from lib.transforms.validate import CheckCTVolumed
-from lib.vista3d_labels import LearnedClasses, table_labels
+from lib.vista3d.classes import LearnedClasses, table_labels
+from lib.vista3d.grid_inferer import GridPointWindowInferer
+from lib.weights.checkpoints import load_state_dict
+from lib.weights.official import OfficialCheckpoint
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ PREPROCESSING_VERSION = "vista3d-bundle-1"
 
 def preprocessing(pixdim: Sequence[float], hu_window: Sequence[float], margin: int, device: Any = None) -> list:
     """The bundle's ``inference.json`` preprocessing (its ``VistaPreTransformd`` only rewrites prompts,
-    done by ``lib.vista3d_prompts``), with the app's check that the input is a CT."""
+    done by ``lib.vista3d.prompts``), with the app's check that the input is a CT."""
     return [
         LoadImaged(keys="image", image_only=True),
         EnsureChannelFirstd(keys="image"),

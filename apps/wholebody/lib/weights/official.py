@@ -8,7 +8,7 @@ import threading
 from typing import Any
 
 from lib.conf import Conf
-from lib.weights import DEFAULT_BASE_URL, OFFICIAL_WEIGHTS, ensure_weights
+from lib.weights.download import DEFAULT_BASE_URL, OFFICIAL_WEIGHTS, ensure_weights
 
 logger = logging.getLogger(__name__)
 

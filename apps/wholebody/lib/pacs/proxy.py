@@ -17,9 +17,9 @@ import requests
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
-from starlette.concurrency import run_in_threadpool
 from monailabel.config import settings
 from monailabel.endpoints.user.auth import RBAC, User
+from starlette.concurrency import run_in_threadpool
 
 logger = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ import time
 from fastapi import HTTPException
 from monailabel.datastore.local import LocalDatastore
 
-from lib.http_errors import NotFoundError, check_id
-from lib.image_check import check_ct_file, check_label_file, extension, read_header
+from lib.datastore.image_check import check_ct_file, check_label_file, extension, read_header
+from lib.server.errors import NotFoundError, check_id
 
 logger = logging.getLogger(__name__)
 
