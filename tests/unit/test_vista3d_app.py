@@ -6,27 +6,20 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import CT
+from monai.apps.vista3d.inferer import point_based_window_inferer
+from monai.data import MetaTensor
+from monai.inferers import SlidingWindowInfererAdapt
+from vista3d_testing import pts, same, tiny_vista3d
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "apps" / "wholebody"))
-
-from monai.apps.vista3d.inferer import point_based_window_inferer  # noqa: E402
-from monai.data import MetaTensor  # noqa: E402
-from monai.inferers import SlidingWindowInfererAdapt  # noqa: E402
-from monai.networks.nets import SegResNetDS2  # noqa: E402
-from monai.networks.nets.vista3d import VISTA3D, ClassMappingClassify, PointMappingSAM  # noqa: E402
-
-from lib.vista3d.grid_inferer import GridPointWindowInferer, grid_window  # noqa: E402
-from lib.infers.vista3d import parse_label_prompt  # noqa: E402
-from lib.trainers.vista3d import MapLabelsd, parse_patch_size  # noqa: E402
-from lib.vista3d.classes import (  # noqa: E402
+from lib.infers.vista3d import parse_label_prompt
+from lib.trainers.vista3d import MapLabelsd, parse_patch_size
+from lib.vista3d.classes import (
     LearnedClasses,
     class_id_for_name,
     label_mapping_for,
@@ -34,8 +27,9 @@ from lib.vista3d.classes import (  # noqa: E402
     table_labels,
     write_learned_classes,
 )
-from lib.vista3d.prompts import PromptError  # noqa: E402
-from lib.vista3d.runtime import PreprocessedImage, PreprocessedImageCache, file_identity  # noqa: E402
+from lib.vista3d.grid_inferer import GridPointWindowInferer, grid_window
+from lib.vista3d.prompts import PromptError
+from lib.vista3d.runtime import PreprocessedImage, PreprocessedImageCache, file_identity
 
 
 # ------------------------------------------------------------------ names and mappings
@@ -164,32 +158,9 @@ def test_grid_window_contains_the_point_near_its_centre():
     assert grid_window(10.0, 128, 100, 64) == (0, 128)  # padded axis: the one window
 
 
-def tiny_vista(seed: int = 0) -> VISTA3D:
-    torch.manual_seed(seed)
-    f = 8
-    encoder = SegResNetDS2(in_channels=1, blocks_down=(1, 1), norm="instance", out_channels=f, init_filters=f, dsdepth=1)
-    return VISTA3D(
-        encoder,
-        ClassMappingClassify(n_classes=512, feature_size=f, use_mlp=True),
-        PointMappingSAM(feature_size=f, n_classes=512, last_supported=132),
-    ).eval()
-
-
-def same(a: torch.Tensor, b: torch.Tensor) -> bool:
-    a = a.as_tensor() if isinstance(a, MetaTensor) else a
-    b = b.as_tensor() if isinstance(b, MetaTensor) else b
-    if a.shape != b.shape or not torch.equal(torch.isnan(a), torch.isnan(b)):
-        return False
-    return torch.equal(torch.nan_to_num(a, nan=0.0), torch.nan_to_num(b, nan=0.0))
-
-
-def pts(*xyz):
-    return torch.tensor([list(map(float, p)) for p in xyz])[None]
-
-
 @pytest.mark.parametrize("class_vector", [None, torch.tensor([[3]]), torch.tensor([[140]])])
 def test_exact_placement_and_head_ready_cache_equal_monai(class_vector):
-    net, image, roi = tiny_vista(), torch.rand(1, 1, 40, 36, 20), (32, 32, 32)
+    net, image, roi = tiny_vista3d(), torch.rand(1, 1, 40, 36, 20), (32, 32, 32)
     points, labels = pts((10, 10, 5), (30, 20, 12)), torch.tensor([[1, 0]])
     inf = GridPointWindowInferer(roi_size=roi, cache_bytes=1 << 30, window_grid=0)
     with torch.no_grad():
@@ -204,7 +175,7 @@ def test_exact_placement_and_head_ready_cache_equal_monai(class_vector):
 
 
 def test_head_ready_cache_equals_monai_sliding_window():
-    net, image, roi = tiny_vista(), torch.rand(1, 1, 40, 36, 20), (32, 32, 32)
+    net, image, roi = tiny_vista3d(), torch.rand(1, 1, 40, 36, 20), (32, 32, 32)
     class_vector = torch.tensor([[3], [5], [150]])
     inf = GridPointWindowInferer(roi_size=roi, cache_bytes=1 << 30, window_grid=0)
     with torch.no_grad():
@@ -222,7 +193,7 @@ def test_head_ready_cache_equals_monai_sliding_window():
 
 
 def test_grid_placement_equals_monai_when_the_image_fits_one_window():
-    net, image, roi = tiny_vista(), torch.rand(1, 1, 30, 28, 20), (32, 32, 32)
+    net, image, roi = tiny_vista3d(), torch.rand(1, 1, 30, 28, 20), (32, 32, 32)
     points, labels = pts((5, 6, 7), (25, 20, 12)), torch.tensor([[1, 0]])
     inf = GridPointWindowInferer(roi_size=roi, cache_bytes=1 << 30, window_grid=16)
     with torch.no_grad():
@@ -232,7 +203,7 @@ def test_grid_placement_equals_monai_when_the_image_fits_one_window():
 
 
 def test_nearby_clicks_share_a_grid_window():
-    net, image, roi = tiny_vista(), torch.rand(1, 1, 96, 96, 40), (32, 32, 32)
+    net, image, roi = tiny_vista3d(), torch.rand(1, 1, 96, 96, 40), (32, 32, 32)
     inf = GridPointWindowInferer(roi_size=roi, cache_bytes=1 << 30, window_grid=16)
     with torch.no_grad():
         first = inf.point_window(net, image, pts((50, 50, 15)), torch.tensor([[1]]), image_key="a")
@@ -295,7 +266,6 @@ def test_file_identity_changes_when_the_file_is_rewritten(tmp_path):
 
 
 # ------------------------------------------------------------------ the trainer, end to end on a tiny network
-CT = ROOT.parent / "shared" / "data" / "ct" / "example_ct_sm.nii.gz"
 SEG = CT.parent / "example_ct_sm_totalseg_v2.nii.gz"
 
 
@@ -333,7 +303,7 @@ def test_trainer_maps_labels_trains_validates_and_publishes(tmp_path, val_split)
     checkpoint = OfficialCheckpoint("vista3d", str(model_dir), Conf({"download_weights": "false"}), str(model_dir / "vista3d.pt"))
     trainer = Vista3DTrainer(
         model_dir=str(model_dir / "train" / "vista3d"),
-        network_factory=tiny_vista,
+        network_factory=tiny_vista3d,
         checkpoint=checkpoint,
         classes_path=str(model_dir / "vista3d_classes.json"),
         pixdim=(1.5, 1.5, 1.5),
@@ -348,6 +318,6 @@ def test_trainer_maps_labels_trains_validates_and_publishes(tmp_path, val_split)
     assert (model_dir / "vista3d.pt").exists()
     assert json.loads((model_dir / "vista3d_classes.json").read_text()) == {"new thing": 133}
     state = torch.load(model_dir / "vista3d.pt", weights_only=True)
-    assert set(state) == set(tiny_vista().state_dict())
+    assert set(state) == set(tiny_vista3d().state_dict())
     if val_split:
         assert "val_mean_dice" in json.dumps(stats)

@@ -12,39 +12,24 @@ byte accounting) use a tiny VISTA3D built from the same monai classes, which run
 from __future__ import annotations
 
 import os
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import CT
+from monai.apps.vista3d.inferer import point_based_window_inferer
+from monai.data import MetaTensor
+from monai.inferers import SlidingWindowInfererAdapt
+from monai.networks.nets import vista3d132
+from vista3d_testing import pts, same, tiny_vista3d
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "apps" / "wholebody"))
+from lib.vista3d.point_inferer import CachedPointWindowInferer, tensor_digest, transform_points
 
-from monai.apps.vista3d.inferer import point_based_window_inferer  # noqa: E402
-from monai.data import MetaTensor  # noqa: E402
-from monai.inferers import SlidingWindowInfererAdapt  # noqa: E402
-from monai.networks.nets import SegResNetDS2, vista3d132  # noqa: E402
-from monai.networks.nets.vista3d import VISTA3D, ClassMappingClassify, PointMappingSAM  # noqa: E402
-
-from lib.vista3d.point_inferer import CachedPointWindowInferer, tensor_digest, transform_points  # noqa: E402
-
-CT = "/work/shared/data/ct/example_ct_sm.nii.gz"
 HU_RANGE = (-963.8247715525971, 1053.678477684517)
 ROI = (128, 128, 128)
 ROI_SMALL = (32, 32, 32)
 
 needs_ct = pytest.mark.skipif(not os.path.exists(CT), reason="shared CT not mounted")
-
-
-def same(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Bitwise equality, NaN == NaN."""
-    a = a.as_tensor() if isinstance(a, MetaTensor) else a
-    b = b.as_tensor() if isinstance(b, MetaTensor) else b
-    if a.shape != b.shape or not torch.equal(torch.isnan(a), torch.isnan(b)):
-        return False
-    return torch.equal(torch.nan_to_num(a, nan=0.0), torch.nan_to_num(b, nan=0.0))
 
 
 def reference(net, image, roi, points, labels, **kwargs):
@@ -53,10 +38,6 @@ def reference(net, image, roi, points, labels, **kwargs):
         return point_based_window_inferer(
             image, roi, net, points, labels, transpose=True, with_coord=True, **kwargs
         )
-
-
-def pts(*xyz):
-    return torch.tensor([list(map(float, p)) for p in xyz])[None]
 
 
 def lbl(*values):
@@ -109,7 +90,7 @@ def image():
             CastToTyped("image", dtype=torch.float32),
         ]
     )
-    full = pre({"image": CT})["image"]  # [1, 243, 199, 59]
+    full = pre({"image": str(CT)})["image"]  # [1, 243, 199, 59]
     crop = full[None][..., 60:172, 50:146, :].clone()
     assert tuple(crop.shape) == (1, 1, 112, 96, 59)
     assert 0.2 < float(crop.mean()) < 0.8  # body, not air
@@ -245,17 +226,7 @@ def test_lru_eviction_with_a_small_byte_bound(net, image, one_thread):
 # ------------------------------------------------------------------ tiny VISTA3D: every path, fast
 @pytest.fixture(scope="module")
 def tiny():
-    torch.manual_seed(1)
-    f = 8
-    encoder = SegResNetDS2(
-        in_channels=1, blocks_down=(1, 1, 1, 1, 1), norm="instance", out_channels=f, init_filters=f, dsdepth=1
-    )
-    network = VISTA3D(
-        image_encoder=encoder,
-        class_head=ClassMappingClassify(n_classes=512, feature_size=f, use_mlp=True),
-        point_head=PointMappingSAM(feature_size=f, n_classes=512, last_supported=132),
-    ).eval()
-    return network
+    return tiny_vista3d(seed=1, encoder_levels=5)
 
 
 @pytest.fixture(scope="module")

@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "apps" / "wholebody"))
-
-from lib.vista3d.prompts import (  # noqa: E402
+from lib.vista3d.prompts import (
     AUTO_UNSUPPORTED,
     CLASSES,
     CLASSES_JSON,

@@ -7,6 +7,8 @@ import logging
 
 import torch
 
+from lib.conf import Conf, ConfError
+
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ("fp16", "fp32")
@@ -38,10 +40,8 @@ def accelerate(network: torch.nn.Module, checkpoint: str | None, device: str | t
     return trt_compile(network, checkpoint, args={"precision": precision, "fallback": True})
 
 
-def precision_from_conf(conf) -> str | None:
+def precision_from_conf(conf: Conf) -> str | None:
     """``--conf trt true`` and ``--conf trt_precision fp16|fp32``: the engine precision, or None."""
-    from lib.conf import ConfError
-
     if not conf.bool("trt", False):
         return None
     precision = (conf.raw("trt_precision") or "fp16").lower()

@@ -39,7 +39,7 @@ from monailabel.interfaces.datastore import DefaultLabelTag
 from monailabel.utils.others.generic import md5_digest
 from pydicom.dataset import Dataset
 
-from lib.conf import ConfError
+from lib.conf import Conf, ConfError
 from lib.server.errors import NotFoundError, check_id
 
 logger = logging.getLogger(__name__)
@@ -634,7 +634,7 @@ def _dicom_epoch(date, time_) -> float:
 
 
 # ---------------------------------------------------------------------- set-up from the app
-def read_credentials(options) -> tuple[str, str] | None:
+def read_credentials(options: Conf) -> tuple[str, str] | None:
     """PACS login from ``--conf dicomweb_credentials FILE`` (one line ``user:password``), else from
     the environment or MONAI Label's ``.env`` (MONAI_LABEL_DICOMWEB_USERNAME / _PASSWORD, or
     MONAI_LABEL_DATASTORE_USERNAME / _PASSWORD). Never from the code or the command line."""
@@ -676,7 +676,7 @@ def label_names_for(model_labels: Mapping[str, Mapping[str, int]]) -> Callable[[
     return names
 
 
-def create(url: str, options, model_labels: Mapping[str, Mapping[str, int]], version: str) -> PacsDatastore:
+def create(url: str, options: Conf, model_labels: Mapping[str, Mapping[str, int]], version: str) -> PacsDatastore:
     from monailabel.config import settings
 
     auth = read_credentials(options)

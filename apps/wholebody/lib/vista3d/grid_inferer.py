@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -176,23 +176,19 @@ class GridPointWindowInferer(CachedPointWindowInferer):
         # the parent's VISTA3D.forward, on features that already went through the heads' first layers
         return super()._forward(_HeadReadyNetwork(network, input_images.shape[-3:]), ikey, pad_mode, input_images, **kwargs)
 
-    def point_window(
+    def _point_windows(
         self,
-        network: torch.nn.Module,
         image: torch.Tensor,
+        predictor: Callable[..., torch.Tensor],
         point_coords: torch.Tensor,
         point_labels: torch.Tensor,
-        image_key: Any = None,
-        class_vector: torch.Tensor | None = None,
-        prompt_class: torch.Tensor | None = None,
         prev_mask: torch.Tensor | None = None,
         point_start: int = 0,
         center_only: bool = True,
         margin: int = 5,
-        model_key: Any = None,
         **kwargs: Any,
     ) -> MetaTensor:
-        """As ``CachedPointWindowInferer.point_window``; windows on the grid when ``window_grid > 0``.
+        """As ``CachedPointWindowInferer._point_windows``; windows on the grid when ``window_grid > 0``.
 
         Args:
             image: [1, 1, H, W, D]; point_coords: [1, N, 3] voxel coordinates of ``image``; point_labels: [1, N].
@@ -200,59 +196,44 @@ class GridPointWindowInferer(CachedPointWindowInferer):
             [1, 1, H, W, D] logits, NaN outside the windows (or ``prev_mask`` there).
         """
         if not self.window_grid or not center_only:
-            return super().point_window(
-                network, image, point_coords, point_labels, image_key=image_key, class_vector=class_vector,
-                prompt_class=prompt_class, prev_mask=prev_mask, point_start=point_start, center_only=center_only,
-                margin=margin, model_key=model_key, **kwargs,
+            return super()._point_windows(
+                image, predictor, point_coords=point_coords, point_labels=point_labels, prev_mask=prev_mask,
+                point_start=point_start, center_only=center_only, margin=margin, **kwargs,
             )
-        self._check_network(network)
         if point_coords.shape[0] != 1:
             raise ValueError("Only supports single object point click.")
         if image.ndim != 5:
             raise ValueError("Input image should be 5D.")
-        kwargs.setdefault("transpose", True)
         roi = self.roi_size
-        with torch.no_grad():
-            ikey = self.image_cache_key(network, image, image_key, model_key)
-            padded, pad = _pad_previous_mask(copy.deepcopy(image), roi)
-            point_coords = point_coords + torch.tensor([pad[-2], pad[-4], pad[-6]]).to(point_coords.device)
-            prev = _pad_previous_mask(copy.deepcopy(prev_mask), roi)[0] if prev_mask is not None else None
-            size = padded.shape[-3:]
-            memo: dict[tuple, torch.Tensor] = {}
-            stitched = stitched_mask = None
-            chosen: list[tuple] = []
-            for p in point_coords[0][point_start:]:
-                wslices = self.window_for([float(c) for c in p], [int(n) for n in size], chosen)
-                window = (slice(None), slice(None), *(slice(int(lo), int(hi)) for lo, hi in wslices))
-                if self.reuse_identical_windows and wslices in memo:
-                    with self._lock:
-                        self.head_reuses += 1
-                    output = memo[wslices]
-                else:
-                    output = self._forward(
-                        network, ikey, "constant0", padded[window], patch_coords=[window], point_coords=point_coords,
-                        point_labels=point_labels, class_vector=class_vector, prompt_class=prompt_class,
-                        prev_mask=prev, **kwargs,
-                    )
-                    if self.reuse_identical_windows:
-                        memo[wslices] = output
-                if stitched is None:
-                    stitched = torch.zeros([1, output.shape[1], *size], device="cpu")
-                    stitched_mask = torch.zeros([1, output.shape[1], *size], device="cpu")
-                stitched[window] += output.to("cpu")
-                stitched_mask[window] = 1
-            if stitched is None:
-                raise ValueError(f"no point from point_start={point_start}: nothing to compute")
-            stitched = stitched / stitched_mask  # NaN where no window ran, as monai's
-            crop = (
-                slice(None), slice(None), slice(pad[4], size[0] - pad[5]), slice(pad[2], size[1] - pad[3]),
-                slice(pad[0], size[2] - pad[1]),
+        padded, pad = _pad_previous_mask(copy.deepcopy(image), roi)
+        point_coords = point_coords + torch.tensor([pad[-2], pad[-4], pad[-6]]).to(point_coords.device)
+        prev = _pad_previous_mask(copy.deepcopy(prev_mask), roi)[0] if prev_mask is not None else None
+        size = padded.shape[-3:]
+        stitched = stitched_mask = None
+        chosen: list[tuple] = []
+        for p in point_coords[0][point_start:]:
+            wslices = self.window_for([float(c) for c in p], [int(n) for n in size], chosen)
+            window = (slice(None), slice(None), *(slice(int(lo), int(hi)) for lo, hi in wslices))
+            output = predictor(
+                padded[window], patch_coords=[window], point_coords=point_coords, point_labels=point_labels,
+                prev_mask=prev, **kwargs,
             )
-            stitched, stitched_mask = stitched[crop], stitched_mask[crop]
-            if prev is not None:
-                prev = prev[crop].to("cpu")
-                stitched[stitched_mask < 1] = prev[stitched_mask < 1]
-            if not isinstance(image, MetaTensor):
-                image = MetaTensor(image)
-            return MetaTensor(stitched, affine=image.meta["affine"], meta=image.meta)
-
+            if stitched is None:
+                stitched = torch.zeros([1, output.shape[1], *size], device="cpu")
+                stitched_mask = torch.zeros([1, output.shape[1], *size], device="cpu")
+            stitched[window] += output.to("cpu")
+            stitched_mask[window] = 1
+        if stitched is None:
+            raise ValueError(f"no point from point_start={point_start}: nothing to compute")
+        stitched = stitched / stitched_mask  # NaN where no window ran, as monai's
+        crop = (
+            slice(None), slice(None), slice(pad[4], size[0] - pad[5]), slice(pad[2], size[1] - pad[3]),
+            slice(pad[0], size[2] - pad[1]),
+        )
+        stitched, stitched_mask = stitched[crop], stitched_mask[crop]
+        if prev is not None:
+            prev = prev[crop].to("cpu")
+            stitched[stitched_mask < 1] = prev[stitched_mask < 1]
+        if not isinstance(image, MetaTensor):
+            image = MetaTensor(image)
+        return MetaTensor(stitched, affine=image.meta["affine"], meta=image.meta)

@@ -40,7 +40,7 @@ import hashlib
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -477,10 +477,9 @@ class CachedPointWindowInferer:
                     memo[wslices] = out
                 return out
 
-            return point_based_window_inferer(
-                inputs=image,
-                roi_size=self.roi_size,
-                predictor=predictor,  # type: ignore[arg-type]
+            return self._point_windows(
+                image,
+                predictor,
                 point_coords=point_coords,
                 point_labels=point_labels,
                 class_vector=class_vector,
@@ -491,6 +490,11 @@ class CachedPointWindowInferer:
                 margin=margin,
                 **kwargs,
             )
+
+    def _point_windows(self, image: torch.Tensor, predictor: Callable[..., torch.Tensor], **kwargs: Any) -> MetaTensor:
+        """Places the windows around the points, runs ``predictor`` on each and stitches the outputs: monai's
+        ``point_based_window_inferer``, one window centred on each point. Subclasses place them otherwise."""
+        return point_based_window_inferer(inputs=image, roi_size=self.roi_size, predictor=predictor, **kwargs)
 
     def sliding_window(
         self,
@@ -554,28 +558,11 @@ class CachedPointWindowInferer:
         prompt_class = copy.deepcopy(class_vector)
         if class_vector is not None and torch.any(class_vector > network.point_head.last_supported):
             class_vector = None
+        common = {"image_key": image_key, "prompt_class": prompt_class, "prev_mask": prev_mask, "model_key": model_key}
         if point_coords is not None:
             return self.point_window(
-                network,
-                image,
-                point_coords,
-                point_labels,  # type: ignore[arg-type]
-                image_key=image_key,
-                class_vector=class_vector,
-                prompt_class=prompt_class,
-                prev_mask=prev_mask,
-                model_key=model_key,
-                with_coord=True,
+                network, image, point_coords, point_labels, class_vector=class_vector, with_coord=True, **common  # type: ignore[arg-type]
             )
         if class_vector is None:
             raise ValueError("give points or a class_vector")
-        return self.sliding_window(
-            network,
-            image,
-            class_vector,
-            image_key=image_key,
-            prompt_class=prompt_class,
-            prev_mask=prev_mask,
-            overlap=overlap,
-            model_key=model_key,
-        )
+        return self.sliding_window(network, image, class_vector, overlap=overlap, **common)

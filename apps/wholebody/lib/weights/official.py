@@ -12,6 +12,15 @@ from lib.weights.download import DEFAULT_BASE_URL, OFFICIAL_WEIGHTS, ensure_weig
 
 logger = logging.getLogger(__name__)
 
+# ``--conf <option> FILE`` serves that file instead of the bundle layout's (never downloaded over). Spelled
+# out, not computed, so that a test can list every option the app reads.
+PATH_OPTIONS = {
+    "wholebody_highres": "wholebody_highres_path",
+    "wholebody_lowres": "wholebody_lowres_path",
+    "spleen": "spleen_path",
+    "vista3d": "vista3d_path",
+}
+
 
 class OfficialCheckpoint:
     """The download runs in a background thread so that start-up never waits on the network;
@@ -19,7 +28,7 @@ class OfficialCheckpoint:
 
     def __init__(self, key: str, model_dir: str, conf: Conf, trained_path: str):
         self.entry = OFFICIAL_WEIGHTS[key]
-        override = conf.raw(f"{key}_path")
+        override = conf.raw(PATH_OPTIONS[key])
         self.path = os.path.abspath(override) if override else os.path.join(model_dir, self.entry.relative_path)
         self.trained_path = trained_path
         self._model_dir = model_dir
