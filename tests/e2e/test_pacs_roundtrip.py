@@ -191,7 +191,7 @@ def test_orthanc_roundtrip_infer_save_seg_and_pacs_outage(orthanc, pacs_tools, s
     present = [int(v) for v in values if v]
     assert [str(s.SegmentLabel) for s in seg.SegmentSequence] == [by_value[v] for v in present]
     codes = {str(s.SegmentLabel): s for s in seg.SegmentSequence}
-    from lib.pacs.seg import segment_codes
+    from lib.labels.snomed import segment_codes
 
     coded = 0
     for name, item in codes.items():
