@@ -81,7 +81,7 @@ class StructureHeadTrainer(WholeBodySegmentation):
             known = base.resolve(name)
             if known:
                 raise HeadError(
-                    f"'{name}' is '{known.structure}', one of the 104 structures of 'wholebody', not a new one: "
+                    f"'{name}' is '{known.structure}', one of the structures of the 104-class model, not a new one: "
                     "train 'wholebody' to improve it"
                 )
             other = others.resolve(name)
