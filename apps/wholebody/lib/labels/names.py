@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Iterable, Mapping
 
-from lib.labels.snomed import name_words, segment_codes
+from lib.labels.snomed import name_words, segment_codes, split_side
 
 BACKGROUND = "background"
 
@@ -47,18 +47,13 @@ def _same() -> dict[str, frozenset[str]]:
     return groups
 
 
-def _sideless(words: list[str]) -> tuple[list[str], list[str]]:
-    sides = [w for w in words if w in ("left", "right")]
-    return sides, [w for w in words if w not in ("left", "right")]
-
-
 def equivalent_keys(name: str) -> list[str]:
     """The name's key, then the keys of the other names of its structure (same side)."""
     key = name_key(name)
-    sides, rest = _sideless(key.split())
+    side, rest = split_side(key.split())
     keys = [key]
     for other in sorted(_same().get(" ".join(rest), ())):
-        candidate = " ".join(sorted(other.split() + sides))
+        candidate = " ".join(sorted(other.split() + ([side] if side else [])))
         if candidate not in keys:
             keys.append(candidate)
     return keys

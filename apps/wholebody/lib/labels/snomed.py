@@ -67,7 +67,8 @@ def name_words(name: str) -> list[str]:
     return [w for w in re.split(r"[\s_\-/(),;:.]+", str(name).strip().lower()) if w]
 
 
-def _side_and_rest(words: list[str]) -> tuple[str | None, list[str]]:
+def split_side(words: list[str]) -> tuple[str | None, list[str]]:
+    """(the side a name says, or None; its other words)."""
     side = next((w for w in words if w in SIDES), None)
     return side, [w for w in words if w not in SIDES]
 
@@ -79,11 +80,11 @@ def _by_meaning() -> dict[tuple[str, str | None], tuple[tuple[str, str], bool]]:
     index: dict[tuple[str, str | None], tuple[tuple[str, str], bool]] = {}
     for table, finding in ((STRUCTURE_CODES, False), (LEVEL_CODES, False), (FINDING_CODES, True)):
         for code in table.values():
-            side, rest = _side_and_rest(name_words(code[1]))
+            side, rest = split_side(name_words(code[1]))
             index.setdefault((" ".join(rest), None), (code, finding))
     for sides in SIDED_CODES.values():
         for side, code in sides.items():
-            index[(" ".join(_side_and_rest(name_words(code[1]))[1]), side)] = (code, False)
+            index[(" ".join(split_side(name_words(code[1]))[1]), side)] = (code, False)
     return index
 
 
@@ -92,7 +93,7 @@ def segment_codes(name: str) -> SegmentCodes:
     ``left kidney``, ``Kidney (left)``, ``vertebrae_L3``, ``hepatic tumor`` or a SNOMED meaning
     (``Left atrium``); generic Tissue when unknown."""
     words = name_words(name)
-    side, sideless = _side_and_rest(words)
+    side, sideless = split_side(words)
     rest = [w for w in sideless if not _LEVEL.match(w)]
     modifier = SIDES.get(side) if side else None
 
