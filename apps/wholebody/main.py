@@ -11,7 +11,7 @@ from typing import Dict
 
 from fastapi import HTTPException
 from monailabel.interfaces.app import MONAILabelApp
-from monailabel.interfaces.datastore import Datastore
+from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.tasks.infer_v2 import InferTask
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 from monailabel.interfaces.tasks.strategy import Strategy
@@ -24,6 +24,8 @@ from lib.activelearning import datastore_info, trigger
 from lib.activelearning.handout import Exclusive, Handouts
 from lib.conf import Conf, ConfError
 from lib.datastore.local import CheckedLocalDatastore
+from lib.labels.mapping import segment_mapping
+from lib.labels.saved import saved_segments
 from lib.server.errors import NotFoundError, check_id
 
 logger = logging.getLogger(__name__)
@@ -90,8 +92,10 @@ class WholeBodyApp(MONAILabelApp):
         return store
 
     def on_save_label(self, image_id, label_id):
-        """The answer to a saved label says whether it reached the PACS or waits for it."""
+        """The answer to a saved label says what each segment trains in each model (kept in the
+        label's info too) and whether it reached the PACS or waits for it."""
         answer = super().on_save_label(image_id, label_id) or {}
+        answer.update(self._segment_mapping(image_id))
         self._release_handout(image_id)  # active learning: the study is free for others again
         upload_status = getattr(self.datastore(), "upload_status", None)
         if upload_status:
@@ -99,6 +103,15 @@ class WholeBodyApp(MONAILabelApp):
         return answer
 
     # --- end of remote datastore ---
+
+    def _segment_mapping(self, image_id: str) -> dict:
+        store = self.datastore()
+        tag = getattr(store, "last_saved_tag", lambda _: None)(image_id) or DefaultLabelTag.FINAL
+        segments = saved_segments(store.get_label_info(image_id, tag) or {})
+        mappers = {name: t.map_segments for name, t in (self._trainers or {}).items() if hasattr(t, "map_segments")}
+        mapping = segment_mapping(segments, mappers)
+        store.update_label_info(image_id, tag, {"trains": mapping})
+        return mapping
 
     def init_infers(self) -> Dict[str, InferTask]:
         infers: Dict[str, InferTask] = {}

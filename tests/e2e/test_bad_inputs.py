@@ -24,8 +24,8 @@ TIMEOUT = 120
 # ----------------------------------------------------------------------------- helpers
 
 
-def save_nifti(path: Path, array: np.ndarray, zooms=None) -> Path:
-    image = nib.Nifti1Image(array, np.diag([3.0, 3.0, 3.0, 1.0]))
+def save_nifti(path: Path, array: np.ndarray, zooms=None, affine=None) -> Path:
+    image = nib.Nifti1Image(array, np.diag([3.0, 3.0, 3.0, 1.0]) if affine is None else affine)
     if zooms:
         image.header.set_zooms(zooms)
     nib.save(image, str(path))
@@ -110,8 +110,9 @@ def files(root) -> dict[str, Path]:
         "4d": save_nifti(d / "series.nii.gz", rng.integers(-1000, 1000, (64, 64, 8, 3)).astype(np.int16)),
         "mr": save_nifti(d / "mr.nii.gz", rng.integers(0, 1001, (64, 64, 16)).astype(np.int16)),
         "label_shape": save_nifti(d / "label_shape.nii.gz", np.zeros((64, 64, 8), np.uint8)),
-        "label_float": save_nifti(d / "label_float.nii.gz", np.full(shape, 0.5, np.float32)),
-        "label_ok": save_nifti(d / "label_ok.nii.gz", (rng.random(shape) > 0.9).astype(np.uint8)),
+        # labels on the CT's own grid (a label on another grid is refused)
+        "label_float": save_nifti(d / "label_float.nii.gz", np.full(shape, 0.5, np.float32), affine=nib.load(str(CT)).affine),
+        "label_ok": save_nifti(d / "label_ok.nii.gz", (rng.random(shape) > 0.9).astype(np.uint8), affine=nib.load(str(CT)).affine),
         "ct": CT,
     }
     out["random"].write_bytes(rng.bytes(4096))

@@ -15,7 +15,7 @@ import pytest
 import requests
 import SimpleITK as sitk
 
-from conftest import PACS_SERIES, ROOT, SHARED, free_port
+from conftest import PACS_SERIES, ROOT, SHARED, free_port, slicer_client_class, wait_for, wait_for_training
 
 pytestmark = pytest.mark.e2e
 
@@ -37,15 +37,6 @@ def pacs_client(orthanc):
 def series_uids(orthanc, **filters) -> list[str]:
     found = pacs_client(orthanc).search_for_series(search_filters=filters)
     return [str(pydicom.Dataset.from_json(s).SeriesInstanceUID) for s in found]
-
-
-def wait_for(predicate, timeout: float, interval: float = 0.5):
-    deadline = time.time() + timeout
-    while True:
-        value = predicate()
-        if value or time.time() > deadline:
-            return value
-        time.sleep(interval)
 
 
 def infer(server, model: str, image: str, params: dict | None = None) -> tuple[bytes, dict]:
@@ -191,7 +182,7 @@ def test_orthanc_roundtrip_infer_save_seg_and_pacs_outage(orthanc, pacs_tools, s
     present = [int(v) for v in values if v]
     assert [str(s.SegmentLabel) for s in seg.SegmentSequence] == [by_value[v] for v in present]
     codes = {str(s.SegmentLabel): s for s in seg.SegmentSequence}
-    from lib.pacs.seg import segment_codes
+    from lib.labels.snomed import segment_codes
 
     coded = 0
     for name, item in codes.items():
@@ -269,6 +260,38 @@ def test_orthanc_roundtrip_infer_save_seg_and_pacs_outage(orthanc, pacs_tools, s
         assert np.array_equal(lut[sitk.GetArrayFromImage(imported)], edited.astype(np.int64))
     finally:
         other.close()
+
+    # A correction named as Slicer names segments, values that are not the model's channels: the
+    # SEG carries the names and codes, and one epoch of wholebody trains (validates) those structures.
+    slicer = np.zeros_like(edited)
+    slicer[5:15, 150:300, 150:300] = 7
+    slicer[5:15, 320:400, 320:400] = 9
+    slicer_image = sitk.GetImageFromArray(slicer)
+    slicer_image.CopyInformation(label)
+    slicer_path = tmp_path / "slicer.nii.gz"
+    sitk.WriteImage(slicer_image, str(slicer_path))
+    label_info = [{"name": "Liver", "idx": 7}, {"name": "Left Kidney", "idx": 9}]
+    r = save_label(server, series_uid, slicer_path, {"label_info": label_info})
+    assert r.status_code == 200, r.text
+    trains = {s["name"]: s["models"]["wholebody"]["structure"] for s in r.json()["segments"]}
+    assert trains == {"Liver": "liver", "Left Kidney": "kidney_left"}, r.json()
+    assert wait_for(lambda: len(series_uids(orthanc, Modality="SEG")) == 3, timeout=60), "SEG never reached the PACS"
+    info = requests.get(f"{server.url}/datastore/label/info", params={"label": series_uid, "tag": "final"}, timeout=60).json()
+    (named,) = [s for s in retrieve_segs(orthanc) if s.SeriesInstanceUID == info["SeriesInstanceUID"]]
+    segments = {str(s.SegmentLabel): s for s in named.SegmentSequence}
+    assert segments["Liver"].SegmentedPropertyTypeCodeSequence[0].CodeValue == "10200004"
+    kidney = segments["Left Kidney"]
+    assert kidney.SegmentedPropertyTypeCodeSequence[0].CodeValue == "64033007"
+    assert kidney.SegmentedPropertyTypeModifierCodeSequence[0].CodeValue == "7771000"
+
+    t = time.time()
+    client = slicer_client_class()(server.url, tmpdir=str(tmp_path))
+    client.train_start("wholebody", {"max_epochs": 1, "highres": False, "val_split": 0.0})
+    status = wait_for_training(client, timeout=TIMEOUT)
+    assert status["status"] == "DONE", status
+    timings["train wholebody 1 epoch"] = time.time() - t
+    stats = client.info()["train_stats"]["wholebody"]
+    assert set(stats["eval"]["metrics"]["val_dice_per_class"]) == {"liver", "kidney_left"}, stats
     print("timings (s):", {k: round(v, 1) for k, v in timings.items()})
 
 
@@ -303,10 +326,6 @@ def test_pacs_down_at_start_then_back(pacs_tools, start_server, monkeypatch, tmp
 def test_vista3d_on_the_pacs_series(orthanc, pacs_tools, start_server, monkeypatch, tmp_path):
     """When the app serves VISTA3D: a click on the PACS series segments it (one 128^3 window), and
     the result goes back as SEG under VISTA3D's class name and code."""
-    import lib.configs
-
-    if "vista3d" not in lib.configs.CONFIGS:
-        pytest.skip("this app build serves no VISTA3D")
     stored = pacs_tools.upload([PACS_SERIES], orthanc.dicomweb_url, orthanc.auth)
     series_uid = next(iter(next(iter(stored.values()))))
     import torch
@@ -315,7 +334,14 @@ def test_vista3d_on_the_pacs_series(orthanc, pacs_tools, start_server, monkeypat
     official = tmp_path / "model" / "vista3d" / "models" / "model.pt"  # seeded random weights, official layout
     official.parent.mkdir(parents=True)
     torch.manual_seed(0)
-    torch.save(vista3d132(in_channels=1).state_dict(), official)
+    network = vista3d132(in_channels=1)
+    # Random weights may segment nothing; these surely segment around the click (so the SEG check
+    # always runs): the point head's mask is hyper_in . upscaled embedding, both made constant 1.
+    with torch.no_grad():
+        for layer in (network.point_head.output_upscaling[-1], network.point_head.output_hypernetworks_mlps.layers[-1]):
+            layer.weight.zero_()
+            layer.bias.fill_(1.0)
+    torch.save(network.state_dict(), official)
     server = start_on_pacs(start_server, orthanc, monkeypatch, tmp_path, models="vista3d", skip_trainers="true")
 
     click = {"foreground": [[180, 250, 10]], "label": "liver"}  # voxel (i, j, k) in the liver
@@ -323,8 +349,7 @@ def test_vista3d_on_the_pacs_series(orthanc, pacs_tools, start_server, monkeypat
     label_path = tmp_path / "vista3d.nii.gz"
     label = read_label(data, label_path)
     assert label.GetSize() == (512, 512, 20) and "liver" in answer["label_names"], answer
-    if not np.count_nonzero(sitk.GetArrayViewFromImage(label)):
-        pytest.skip("random VISTA3D weights segmented nothing around the click: nothing to save")
+    assert np.count_nonzero(sitk.GetArrayViewFromImage(label)), "the seeded weights segment around the click"
     r = save_label(server, series_uid, label_path, {"label_names": answer["label_names"], "model": "vista3d"})
     assert r.status_code == 200 and r.json()["pacs"]["status"] == "stored", r.text
     (seg,) = retrieve_segs(orthanc)

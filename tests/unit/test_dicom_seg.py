@@ -12,20 +12,21 @@ import SimpleITK as sitk
 
 from conftest import PACS_SERIES, SHARED
 from lib.conf import Conf, ConfError
-from lib.pacs.seg import (
+from lib.labels import wholebody_labels
+from lib.labels.snomed import (
     ANATOMICAL_STRUCTURE,
     FINDING_CODES,
     LEFT,
+    LEVEL_CODES,
     MORPHOLOGICALLY_ABNORMAL,
     RIGHT,
+    SIDED_CODES,
     STRUCTURE_CODES,
+    SUBSTITUTE_CODES,
     TISSUE,
-    read_seg,
-    rgb_to_dicom_lab,
     segment_codes,
-    write_seg,
 )
-from lib.labels import wholebody_labels
+from lib.pacs.seg import read_seg, rgb_to_dicom_lab, write_seg
 
 
 def dicom_sct_codes() -> dict[str, set[str]]:
@@ -41,7 +42,8 @@ def dicom_sct_codes() -> dict[str, set[str]]:
 
 def test_every_code_is_a_dicom_snomed_code():
     known = dicom_sct_codes()
-    tables = list(STRUCTURE_CODES.values()) + list(FINDING_CODES.values())
+    tables = [*STRUCTURE_CODES.values(), *SUBSTITUTE_CODES.values(), *FINDING_CODES.values(), *LEVEL_CODES.values()]
+    tables += [code for sides in SIDED_CODES.values() for code in sides.values()]
     tables += [ANATOMICAL_STRUCTURE, MORPHOLOGICALLY_ABNORMAL, TISSUE, LEFT, RIGHT]
     for value, meaning in tables:
         assert value in known, f"{value} ({meaning}) is not a SNOMED CT code of DICOM PS3.16"
@@ -123,10 +125,13 @@ def test_seg_round_trip_on_the_shared_series(tmp_path):
 
     # highdicom, on the source instances in file order
     uids = [str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files]
-    numbers, seg_names = read_seg(str(out), uids)
+    numbers, segments = read_seg(str(out), uids)
     lut = np.zeros(256, dtype=np.int64)
-    for number, name in seg_names.items():
-        lut[number] = {n: v for v, n in names.items()}[name]
+    for segment in segments:
+        lut[segment.value] = {n: v for v, n in names.items()}[segment.name]
+        # the SEG's codes come back with the segment (training resolves a segment by them too)
+        codes = segment_codes(segment.name)
+        assert segment.code == (codes.type[0], codes.modifier[0] if codes.modifier else None)
     assert np.array_equal(lut[numbers], labelmap)
 
     # pydicom-seg (MONAI Label's reader), by geometry

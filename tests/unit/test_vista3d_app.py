@@ -18,6 +18,7 @@ from monai.inferers import SlidingWindowInfererAdapt
 from vista3d_testing import pts, same, tiny_vista3d
 
 from lib.infers.vista3d import parse_label_prompt
+from lib.labels.saved import Segment
 from lib.trainers.vista3d import MapLabelsd, parse_patch_size
 from lib.vista3d.classes import (
     LearnedClasses,
@@ -82,19 +83,29 @@ def test_parse_label_mapping():
             parse_label_mapping(bad)
 
 
+def segments(names: dict) -> list[Segment]:
+    return [Segment(name, value) for name, value in names.items()]
+
+
 def test_label_mapping_by_names_reuses_known_ids_and_allocates_new_ones():
-    mapping, new = label_mapping_for({"liver": 1, "my organ": 2, "kidney_left": 3, "background": 0}, learned={})
-    assert mapping == [(1, 1), (2, 133), (3, 14)] and new == {"my organ": 133}
-    mapping, new = label_mapping_for({"my organ": 1, "other": 2}, learned={"my organ": 133}, reserved=[134])
-    assert mapping == [(1, 133), (2, 135)] and new == {"other": 135}
+    mapping, new = label_mapping_for(segments({"liver": 1, "my organ": 2, "kidney_left": 3, "background": 0}), learned={})
+    assert mapping == [(1, 1, 0), (2, 133, 0), (3, 14, 0)] and new == {"my organ": 133}
+    mapping, new = label_mapping_for(segments({"My Organ": 1, "other": 2}), learned={"my organ": 133}, reserved=[134])
+    assert mapping == [(1, 133, 0), (2, 135, 0)] and new == {"other": 135}
+
+
+def test_label_mapping_of_a_layered_label_keeps_each_layer():
+    layered = [Segment("Liver", 1, layer=0), Segment("Kidney (left)", 1, layer=1), Segment("spleen", 2, layer=1)]
+    mapping, new = label_mapping_for(layered, learned={})
+    assert mapping == [(1, 1, 0), (1, 14, 1), (2, 3, 1)] and new == {}
 
 
 def test_explicit_label_mapping_names_new_ids_from_the_segments():
-    mapping, new = label_mapping_for({"liver": 1, "thing": 2}, learned={}, explicit=[(1, 1), (2, 200)])
-    assert mapping == [(1, 1), (2, 200)] and new == {"thing": 200}
-    _, new = label_mapping_for({}, learned={}, explicit=[(3, 150)])
+    mapping, new = label_mapping_for(segments({"liver": 1, "thing": 2}), learned={}, explicit=[(1, 1), (2, 200)])
+    assert mapping == [(1, 1, -1), (2, 200, -1)] and new == {"thing": 200}
+    _, new = label_mapping_for([], learned={}, explicit=[(3, 150)])
     assert new == {"class 150": 150}
-    _, new = label_mapping_for({"x": 1}, learned={"old": 150}, explicit=[(1, 150)])
+    _, new = label_mapping_for(segments({"x": 1}), learned={"old": 150}, explicit=[(1, 150)])
     assert new == {}  # an id learned before keeps its name
 
 
@@ -143,6 +154,12 @@ def test_map_labels_maps_and_zeroes_the_rest():
     out = MapLabelsd(keys="label", mapping_key="m")({"label": label, "m": json.dumps([[1, 1], [2, 133]])})["label"]
     assert out.tolist() == [[[[0, 1, 133, 0, 0]]]]
     assert isinstance(out, MetaTensor) and torch.equal(out.affine, label.affine)
+
+
+def test_map_labels_maps_each_layer_by_its_own_entries():
+    label = MetaTensor(torch.tensor([[[[0, 1, 2]]], [[[1, 1, 2]]]], dtype=torch.float32))
+    out = MapLabelsd(keys="label", mapping_key="m")({"label": label, "m": json.dumps([[1, 1, 0], [1, 14, 1], [2, 3, -1]])})["label"]
+    assert out.tolist() == [[[[0, 1, 3]]], [[[14, 14, 3]]]]
 
 
 # ------------------------------------------------------------------ windows on a grid

@@ -40,6 +40,7 @@ from monailabel.utils.others.generic import md5_digest
 from pydicom.dataset import Dataset
 
 from lib.conf import Conf, ConfError
+from lib.datastore.local import OneLabelPerTag
 from lib.server.errors import NotFoundError, check_id
 
 logger = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ def make_client(url: str, auth: tuple[str, str] | None, timeout_s: float, prefix
     return client
 
 
-class PacsDatastore(DICOMWebDatastore):
+class PacsDatastore(OneLabelPerTag, DICOMWebDatastore):
     def __init__(
         self,
         client,
@@ -305,21 +306,27 @@ class PacsDatastore(DICOMWebDatastore):
 
     # ------------------------------------------------------------------ labels
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: Dict[str, Any], label_id: str = "") -> str:
-        from lib.datastore.image_check import check_label_file, read_header
+        from lib.datastore.image_check import read_header
+        from lib.datastore.label_file import checked_label_info
 
         check_id(image_id, "image id")
         check_id(label_tag, "label tag")
         image_uri = self.get_image_uri(image_id)
-        label_info = dict(label_info or {})
 
         if "".join(pathlib.Path(label_filename).suffixes) == ".bin":
             from monailabel.datastore.utils.convert import binary_to_image
 
             label_filename = binary_to_image(image_uri, label_filename)
-        check_label_file(label_filename, read_header(image_uri).shape)
+        label_info = checked_label_info(label_filename, read_header(image_uri), label_info)
 
         if label_tag != DefaultLabelTag.FINAL:
-            return LocalDatastore.save_label(self, image_id, label_filename, label_tag, label_info)
+            return self._store_label(image_id, label_filename, label_tag, label_info)
+        if int(label_info.get("layers") or 1) > 1:
+            raise HTTPException(
+                status_code=422,
+                detail="overlapping segments (a .seg.nrrd with layers) cannot be stored in the PACS as DICOM SEG yet: "
+                "save the label without overlaps",
+            )
 
         # 1. The SEG, written before anything is stored: a label that cannot become one is refused.
         names = self._label_names(label_info)
@@ -347,7 +354,7 @@ class PacsDatastore(DICOMWebDatastore):
 
         # 2. The label on disk, so that nothing is lost while the PACS is down.
         label_info["label_info"] = label_info.get("label_info") or [
-            {"name": s["name"], "idx": s["value"]} for s in seg["segments"]
+            {"name": s["name"], "idx": s["value"], "code": s["code"]} for s in seg["segments"]
         ]
         label_info.update(
             {
@@ -358,7 +365,7 @@ class PacsDatastore(DICOMWebDatastore):
                 "segments": seg["segments"],
             }
         )
-        label_id = LocalDatastore.save_label(self, image_id, label_filename, label_tag, label_info)
+        label_id = self._store_label(image_id, label_filename, label_tag, label_info)
         with self._lock:
             self._seg_refs[seg["SeriesInstanceUID"]] = image_id
 
@@ -572,18 +579,18 @@ class PacsDatastore(DICOMWebDatastore):
             import pydicom
 
             uids = [str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in sources]
-            labelmap, names = read_seg(seg_file, uids)
+            labelmap, segments = read_seg(seg_file, uids)
             reference = sitk.ReadImage(image_uri)
             label = sitk.GetImageFromArray(labelmap.astype(np.uint8 if labelmap.max() < 256 else np.uint16))
             label.CopyInformation(reference)
             out = os.path.join(tmp, f"{image_id}.nii.gz")
             sitk.WriteImage(label, out, True)
             info = {
-                "label_info": [{"name": name, "idx": number} for number, name in names.items()],
+                "label_info": [segment.as_info() for segment in segments],
                 "SeriesInstanceUID": seg_uid,
                 "Modality": "SEG",
             }
-            LocalDatastore.save_label(self, image_id, out, DefaultLabelTag.FINAL, info)
+            self._store_label(image_id, out, DefaultLabelTag.FINAL, info)
         logger.info(f"Label of {image_id} imported from SEG {seg_uid}")
 
     def datalist(self, full_path=True) -> List[Dict[str, Any]]:
@@ -665,13 +672,13 @@ def label_names_for(model_labels: Mapping[str, Mapping[str, int]]) -> Callable[[
     result's ``label_names``), else the labels of the model it names; else none (generic)."""
 
     def names(info: dict) -> Dict[int, str]:
-        from lib.labels.saved import saved_label_names
+        from lib.labels.saved import saved_segments
 
-        named = saved_label_names(info or {})
+        named = {s.value: s.name for s in saved_segments(info or {}) if s.layer == 0}
         if not named:
             model = (info or {}).get("model") or ((info or {}).get("params") or {}).get("model")
-            named = dict(model_labels.get(model) or {})
-        return {int(v): str(k) for k, v in named.items()}
+            named = {int(v): str(k) for k, v in (model_labels.get(model) or {}).items()}
+        return named
 
     return names
 

@@ -5,10 +5,8 @@ GitHub at start-up, and codes every segment as "Spleen" (SCT 78961009) whatever 
 
 - each segment is named as the model (or the annotator) named it, so that training maps it back
   to the right channel;
-- its Segmented Property Category / Type come from SNOMED CT where the structure has a code in the
-  DICOM standard (the codes below all appear in DICOM PS3.16, as shipped in ``pydicom.sr``);
-  left / right go into the Segmented Property Type Modifier (SCT 7771000 / 24028007), as dcmqi
-  and 3D Slicer do; a structure without a code gets the generic Tissue / Tissue (SCT 85756007);
+- its Segmented Property Category / Type / Modifier come from SNOMED CT (``lib.labels.snomed``, the
+  table reading uses too);
 - the SEG references its source series and instances, and frames follow the source slices.
 """
 
@@ -17,145 +15,14 @@ from __future__ import annotations
 import colorsys
 import hashlib
 import logging
-import re
-from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import numpy as np
 
+from lib.labels.saved import Segment
+from lib.labels.snomed import SCT, name_words, segment_codes
+
 logger = logging.getLogger(__name__)
-
-SCT = "SCT"
-
-# (code value, code meaning) of SNOMED CT concepts from DICOM PS3.16.
-ANATOMICAL_STRUCTURE = ("123037004", "Anatomical Structure")
-MORPHOLOGICALLY_ABNORMAL = ("49755003", "Morphologically Abnormal Structure")
-TISSUE = ("85756007", "Tissue")
-LEFT = ("7771000", "Left")
-RIGHT = ("24028007", "Right")
-
-# Structure (its words, without left/right and level numbers) -> SNOMED CT type.
-# Names of the wholeBody bundle (TotalSegmentator v1), the spleen bundle and VISTA3D.
-STRUCTURE_CODES: dict[str, tuple[str, str]] = {
-    "spleen": ("78961009", "Spleen"),
-    "kidney": ("64033007", "Kidney"),
-    "gallbladder": ("28231008", "Gallbladder"),
-    "liver": ("10200004", "Liver"),
-    "stomach": ("69695003", "Stomach"),
-    "aorta": ("15825003", "Aorta"),
-    "inferior vena cava": ("64131007", "Inferior vena cava"),
-    "postcava": ("64131007", "Inferior vena cava"),
-    "superior vena cava": ("48345005", "Superior vena cava"),
-    "pancreas": ("15776009", "Pancreas"),
-    "adrenal gland": ("23451007", "Adrenal gland"),
-    "lung": ("39607008", "Lung"),
-    "lung upper lobe": ("45653009", "Upper lobe of lung"),
-    "lung middle lobe": ("72481006", "Middle lobe of right lung"),
-    "lung lower lobe": ("90572001", "Lower lobe of lung"),
-    "esophagus": ("32849002", "Esophagus"),
-    "trachea": ("44567001", "Trachea"),
-    "duodenum": ("38848004", "Duodenum"),
-    "small bowel": ("30315005", "Small intestine"),
-    "small intestine": ("30315005", "Small intestine"),
-    "colon": ("71854001", "Colon"),
-    "rectum": ("34402009", "Rectum"),
-    "urinary bladder": ("89837001", "Urinary bladder"),
-    "bladder": ("89837001", "Urinary bladder"),
-    "prostate": ("41216001", "Prostate"),
-    "heart": ("80891009", "Heart"),
-    "heart atrium": ("59652004", "Atrium"),
-    "heart ventricle": ("21814001", "Ventricle"),
-    "pulmonary artery": ("81040000", "Pulmonary artery"),
-    "pulmonary vein": ("122972007", "Pulmonary vein"),
-    "brachiocephalic trunk": ("12691009", "Brachiocephalic trunk"),
-    "brachiocephalic vein": ("8887007", "Brachiocephalic vein"),
-    "common carotid artery": ("32062004", "Common carotid artery"),
-    "subclavian artery": ("36765005", "Subclavian artery"),
-    "iliac artery": ("10293006", "Iliac artery"),
-    "iliac vena": ("244411005", "Iliac vein"),
-    "brain": ("12738006", "Brain"),
-    "spinal cord": ("2748008", "Spinal cord"),
-    "thyroid gland": ("69748006", "Thyroid"),
-    "skull": ("89546000", "Skull"),
-    "face": ("89545001", "Face"),
-    "vertebrae": ("51282000", "Vertebra"),
-    "rib": ("113197003", "Rib"),
-    "costal cartilages": ("50016007", "Costal cartilage"),
-    "sternum": ("56873002", "Sternum"),
-    "humerus": ("85050009", "Humerus"),
-    "scapula": ("79601000", "Scapula"),
-    "clavicula": ("51299004", "Clavicle"),
-    "femur": ("71341001", "Femur"),
-    "sacrum": ("54735007", "Sacrum"),
-    "bone": ("272673000", "Bone"),
-    # No code of their own in DICOM: the tissue they are made of.
-    "hip": ("272673000", "Bone"),
-    "gluteus maximus": ("71616004", "Muscle"),
-    "gluteus medius": ("71616004", "Muscle"),
-    "gluteus minimus": ("71616004", "Muscle"),
-    "autochthon": ("71616004", "Muscle"),
-    "iliopsoas": ("71616004", "Muscle"),
-}
-# Atria and ventricles: side given by the structure itself.
-_ATRIA = {"left": ("82471001", "Left atrium"), "right": ("73829009", "Right atrium")}
-_VENTRICLES = {"left": ("87878005", "Left ventricle"), "right": ("53085002", "Right ventricle")}
-
-# Abnormal findings (VISTA3D): category Morphologically Abnormal Structure.
-FINDING_CODES: dict[str, tuple[str, str]] = {
-    "tumor": ("108369006", "Neoplasm"),
-    "primaries": ("108369006", "Neoplasm"),
-    "cancer": ("108369006", "Neoplasm"),
-    "cyst": ("367643001", "Cyst"),
-    "mass": ("4147007", "Mass"),
-    "lesion": ("52988006", "Lesion"),
-    "nodule": ("27925004", "Nodule"),
-}
-
-_LEVEL = re.compile(r"^(?:[ctls]\d{1,2}|\d+)$")  # vertebra levels (L3, T12, C1, S1) and rib numbers
-
-
-@dataclass(frozen=True)
-class SegmentCodes:
-    category: tuple[str, str]
-    type: tuple[str, str]
-    modifier: tuple[str, str] | None = None
-
-    @property
-    def generic(self) -> bool:
-        return self.type == TISSUE
-
-
-def _words(name: str) -> list[str]:
-    return [w for w in re.split(r"[\s_\-/]+", name.strip().lower()) if w]
-
-
-def segment_codes(name: str) -> SegmentCodes:
-    """SNOMED CT category, type and laterality of a structure name such as ``kidney_left``,
-    ``left kidney``, ``vertebrae_L3`` or ``hepatic tumor``; generic Tissue when unknown."""
-    words = _words(name)
-    side = next((w for w in words if w in ("left", "right")), None)
-    rest = [w for w in words if w not in ("left", "right") and not _LEVEL.match(w)]
-    modifier = {"left": LEFT, "right": RIGHT}.get(side) if side else None
-
-    for word in rest:
-        if word in FINDING_CODES:
-            return SegmentCodes(MORPHOLOGICALLY_ABNORMAL, FINDING_CODES[word], modifier)
-
-    key = " ".join(rest)
-    if side and key == "heart atrium":
-        return SegmentCodes(ANATOMICAL_STRUCTURE, _ATRIA[side])
-    if side and key == "heart ventricle":
-        return SegmentCodes(ANATOMICAL_STRUCTURE, _VENTRICLES[side])
-    if key == "vertebrae" and [w for w in words if w == "c1"]:
-        return SegmentCodes(ANATOMICAL_STRUCTURE, ("14806007", "C1 vertebra"))
-    # "lung upper lobe", "upper lobe lung", "lung_upper_lobe" are the same structure.
-    by_words = {frozenset(k.split()): v for k, v in STRUCTURE_CODES.items()}
-    code = STRUCTURE_CODES.get(key) or by_words.get(frozenset(rest))
-    if code:
-        if code[0] == "72481006":  # the middle lobe is the right lung's: no modifier needed
-            modifier = None
-        return SegmentCodes(ANATOMICAL_STRUCTURE, code, modifier)
-    return SegmentCodes(TISSUE, TISSUE, modifier)
 
 
 def display_color(name: str) -> tuple[int, int, int]:
@@ -164,7 +31,7 @@ def display_color(name: str) -> tuple[int, int, int]:
         from monailabel.datastore.utils.colors import GENERIC_ANATOMY_COLORS as colors
     except ImportError:  # pragma: no cover - monailabel is always there in the app
         colors = {}
-    words = _words(name)
+    words = name_words(name)
     side = [w for w in words if w in ("left", "right")]
     rest = [w for w in words if w not in ("left", "right")]
     for candidate in (" ".join(words), " ".join(side + rest), " ".join(rest)):
@@ -276,7 +143,7 @@ def write_seg(
         name = names.get(value) or f"Segment {value}"
         descriptions.append(segment_description(number, name, algorithm, version))
         codes = segment_codes(name)
-        segments.append({"number": number, "value": value, "name": name, "code": codes.type[0]})
+        segments.append({"number": number, "value": value, "name": name, "code": [codes.type[0], codes.modifier[0] if codes.modifier else None]})
     pixel_array = lut[labelmap.astype(np.int64)]
     pixel_array = pixel_array.astype(np.uint8 if len(values) < 256 else np.uint16)
 
@@ -315,13 +182,24 @@ def write_seg(
     }
 
 
-def read_seg(seg_file: str, source_uids: Sequence[str]) -> tuple[np.ndarray, dict[int, str]]:
+def _segment(item) -> Segment:
+    """A SEG's segment: its label, number and SNOMED CT type and side (what a name may not say)."""
+    code = None
+    if item.get("SegmentedPropertyTypeCodeSequence"):
+        modifier = item.SegmentedPropertyTypeCodeSequence[0].get("SegmentedPropertyTypeModifierCodeSequence") or item.get(
+            "SegmentedPropertyTypeModifierCodeSequence"
+        )
+        code = (str(item.SegmentedPropertyTypeCodeSequence[0].CodeValue), str(modifier[0].CodeValue) if modifier else None)
+    return Segment(str(item.SegmentLabel), int(item.SegmentNumber), code=code)
+
+
+def read_seg(seg_file: str, source_uids: Sequence[str]) -> tuple[np.ndarray, list[Segment]]:
     """A SEG as a label map on the given source instances (frames x rows x columns; value =
-    segment number) and its segment names {number: label}."""
+    segment number) and its segments (value = segment number)."""
     import highdicom as hd
 
     seg = hd.seg.segread(seg_file)
-    names = {int(item.SegmentNumber): str(item.SegmentLabel) for item in seg.SegmentSequence}
+    segments = [_segment(item) for item in seg.SegmentSequence]
     referenced = {uid for _, _, uid in seg.get_source_image_uids()}
     present = [uid for uid in source_uids if uid in referenced]
     labelmap = np.zeros((len(source_uids),) + (int(seg.Rows), int(seg.Columns)), dtype=np.uint16)
@@ -332,4 +210,4 @@ def read_seg(seg_file: str, source_uids: Sequence[str]) -> tuple[np.ndarray, dic
         index = {uid: i for i, uid in enumerate(source_uids)}
         for k, uid in enumerate(present):
             labelmap[index[uid]] = pixels[k]
-    return labelmap, names
+    return labelmap, segments

@@ -12,10 +12,13 @@ from monai.inferers import SlidingWindowInferer
 from monai.transforms import AsDiscreted, RandCropByPosNegLabeld, SpatialPadd
 from monailabel.tasks.train.basic_train import Context
 
-from lib.labels.saved import saved_label_names
+from lib.datastore.datalist import labeled_items
+from lib.labels.names import NameResolver
+from lib.labels.saved import Segment
 from lib.trainers.partial_label_loss import PartialLabelDiceCELoss
 from lib.trainers.per_class_dice import PerClassDice
 from lib.trainers.publishing import PublishingTrainTask
+from lib.transforms.partial_labels import LayersToMultiHotd
 from lib.weights.checkpoints import load_state_dict, save_atomically
 
 logger = logging.getLogger(__name__)
@@ -86,12 +89,12 @@ class CTSegmentationTrainer(PublishingTrainTask):
         return self._start_from if pretrained and os.path.exists(self._start_from) else None
 
     def pre_process(self, request, datastore):
-        datalist = []
-        for item in datastore.datalist():
-            image_id = os.path.basename(item["label"]).split(".")[0]
-            info = datastore.get_label_info(image_id, "final") or {}
-            datalist.append({**item, "label_names": saved_label_names(info)})
-        return datalist
+        """Saved labels with their image ids and segments (``PartialLabelsd`` maps them to channels)."""
+        return labeled_items(datastore, os.path.join(self._model_dir, "layered_labels"))
+
+    def map_segments(self, segments: list[Segment]) -> dict[str, dict | None]:
+        """What each segment of a saved label trains in this model: {structure, channel} or None."""
+        return NameResolver(self._channels).mapping(segments)
 
     def partition_datalist(self, context: Context, shuffle=False):
         train, val = super().partition_datalist(context, shuffle)
@@ -102,7 +105,10 @@ class CTSegmentationTrainer(PublishingTrainTask):
         return {"train_mean_dice": MeanDice(output_transform=from_engine(["pred", "label"]), include_background=False)}
 
     def train_post_transforms(self, context: Context):
-        return [AsDiscreted(keys=("pred", "label"), argmax=(True, False), to_onehot=(self.num_classes, self.num_classes))]
+        return [
+            AsDiscreted(keys="pred", argmax=True, to_onehot=self.num_classes),
+            LayersToMultiHotd(keys="label", num_classes=self.num_classes),  # overlapping segments: several layers
+        ]
 
     def val_post_transforms(self, context: Context):
         return self.train_post_transforms(context)

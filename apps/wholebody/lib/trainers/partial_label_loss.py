@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from lib.transforms.partial_labels import ANNOTATED_KEY
+from lib.transforms.partial_labels import ANNOTATED_KEY, multi_hot
 
 
 class PartialLabelDiceCELoss(torch.nn.Module):
@@ -14,8 +13,10 @@ class PartialLabelDiceCELoss(torch.nn.Module):
     added to background, so an unannotated structure under a background voxel costs nothing.
     With every channel annotated it is plain soft-Dice + cross-entropy.
 
-    ``logits``: (B, C, *spatial); ``target``: (B, 1, *spatial) channel indices whose
-    ``meta["annotated_classes"]`` is a (B, C) bool tensor (all channels if absent).
+    ``logits``: (B, C, *spatial); ``target``: (B, layers, *spatial) channel indices (one layer, or
+    several for overlapping segments) whose ``meta["annotated_classes"]`` is a (B, C) bool tensor
+    (all channels if absent). A voxel in several structures is the event "one of them": its
+    cross-entropy term is -log of their summed probability, and each structure's Dice counts it.
     """
 
     def __init__(self, smooth: float = 1e-5):
@@ -36,12 +37,12 @@ class PartialLabelDiceCELoss(torch.nn.Module):
         merged = torch.cat([background, probs[:, 1:]], dim=1) * annotated.reshape(shape).float()
         merged[:, :1] = background
 
-        labels = torch.as_tensor(target).long()[:, 0]
-        ce = F.nll_loss(torch.log(merged.clamp_min(1e-8)), labels)
+        onehot = multi_hot(torch.as_tensor(target).to(logits.device), c)
+        hit = merged * onehot
+        ce = -torch.log(hit.sum(dim=1).clamp_min(1e-8)).mean()
 
-        onehot = F.one_hot(labels, c).movedim(-1, 1).float()
         dims = tuple(range(2, logits.ndim))
-        intersection = (merged * onehot).sum(dims)
+        intersection = hit.sum(dims)
         denominator = merged.sum(dims) + onehot.sum(dims)
         dice = 1.0 - (2.0 * intersection + self.smooth) / (denominator + self.smooth)
         weights = annotated.float()

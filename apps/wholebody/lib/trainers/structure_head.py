@@ -23,9 +23,9 @@ import torch
 from lib.conf import as_bool, as_float
 from lib.heads.network import HeadTrainingNetwork, StructureHead, encoder_fingerprint
 from lib.heads.store import HeadError, HeadRecord, HeadStore, check_head_name
-from lib.labels.saved import saved_label_names
+from lib.labels.names import BACKGROUND, NameResolver, name_key
+from lib.labels.saved import Segment, saved_segments
 from lib.trainers.wholebody import WholeBodySegmentation
-from lib.transforms.partial_labels import normalise_name
 from lib.weights.checkpoints import load_state_dict
 
 logger = logging.getLogger(__name__)
@@ -44,37 +44,75 @@ class StructureHeadTrainer(WholeBodySegmentation):
     # ------------------------------------------------------------------ request
     def plan(self, request: dict, datastore) -> dict[str, Any]:
         """What a request would train, checked before any work (the server calls it to answer 4xx):
-        head name, resolution, structures with their label values, the saved labels holding them."""
+        head name, resolution, structures with their label values, the saved labels holding them.
+        Names are matched as ``lib.labels.names`` resolves them: a "new" structure that is one of
+        the 104 (``left kidney`` is ``kidney_left``) or of another head is refused."""
         req = {**self._config, **request}
         highres = as_bool(req["highres"], "highres")
-        saved = self._saved_names(datastore)
-        present = {normalise_name(n): n for names in saved.values() for n in names}
-        base = {normalise_name(n) for n in self.base_labels} | {"background"}
+        saved = self._saved_segments(datastore)
+        own = check_head_name(req["head"]) if req.get("head") else None
+        others = NameResolver({s: 1 for r in self.head_store.heads(highres) if r.name != own for s in r.structures})
         wanted = req.get("structures") or []
         if isinstance(wanted, str):
             wanted = [w for w in wanted.split(",")]
         wanted = [w.strip() for w in wanted if isinstance(w, str) and w.strip()]
-        if not wanted:
-            own = check_head_name(req["head"]) if req.get("head") else None
-            taken = {s for r in self.head_store.heads(highres) if r.name != own for s in r.structures}
-            wanted = [n for k, n in sorted(present.items()) if k not in base and n not in taken]
-        missing = [w for w in wanted if normalise_name(w) not in present]
+        if wanted:
+            self._refuse_known(wanted, others)
+        else:
+            present = [s for segments in saved.values() for s in segments]
+            new = self._new_structures(present, others).values()
+            wanted = sorted({target["structure"] for target in new if target and target.get("new")})
+        found = {w: [i for i, segments in saved.items() if any(NameResolver({w: 1}).mapping(segments).values())] for w in wanted}
+        missing = [w for w, images in found.items() if not images]
         if missing:
-            raise HeadError(f"no saved label has a segment named {missing}; saved segment names: {sorted(present.values())}")
+            names = sorted({s.name for segments in saved.values() for s in segments})
+            raise HeadError(f"no saved label has a segment named {missing}; saved segment names: {names}")
         name = check_head_name(req.get("head") or re.sub(r"[^A-Za-z0-9_-]+", "_", "_".join(wanted)).strip("_-")[:64] or "head")
         values = self.head_store.allocate(name, highres, wanted, self.base_labels)
         existing = self.head_store.get(name, highres)
-        images = [i for i, names in saved.items() if any(normalise_name(n) in {normalise_name(w) for w in wanted} for n in names)]
+        images = sorted({i for images in found.values() for i in images})
         # Retraining keeps the head's place in the merge order.
         created = existing.created if existing else HeadStore.now()
         return {"head": name, "highres": highres, "structures": values, "images": images, "created": created}
 
+    def _refuse_known(self, wanted: list[str], others: NameResolver) -> None:
+        base = NameResolver(self.base_labels)
+        for name in wanted:
+            known = base.resolve(name)
+            if known:
+                raise HeadError(
+                    f"'{name}' is '{known.structure}', one of the structures of the 104-class model, not a new one: "
+                    "train 'wholebody' to improve it"
+                )
+            other = others.resolve(name)
+            if other:
+                raise HeadError(f"'{name}' is '{other.structure}' of another head: train that head again or remove it first")
+
+    def _new_structures(self, segments: list[Segment], others: NameResolver | None = None) -> dict[str, dict | None]:
+        """Segment name -> {structure: its name, new: True} for a segment this trainer would learn as a
+        new structure (its first spelling), {structure} of the head that has it, or None (one of the
+        104, background)."""
+        base = NameResolver(self.base_labels)
+        heads = others or NameResolver({s: 1 for r in self.head_store.heads() for s in r.structures})
+        answers: dict[str, dict | None] = {}
+        by_key: dict[str, dict | None] = {BACKGROUND: None}
+        for segment in segments:
+            key = name_key(segment.name)
+            if key not in by_key:
+                head = heads.resolve(segment.name, segment.code)
+                if base.resolve(segment.name, segment.code):
+                    by_key[key] = None
+                else:
+                    by_key[key] = {"structure": head.structure} if head else {"structure": segment.name, "new": True}
+            answers[segment.name] = by_key[key]
+        return answers
+
+    def map_segments(self, segments: list[Segment]) -> dict[str, dict | None]:
+        return self._new_structures(segments)
+
     @staticmethod
-    def _saved_names(datastore) -> dict[str, dict[str, int]]:
-        names = {}
-        for image_id in datastore.get_labeled_images():
-            names[image_id] = saved_label_names(datastore.get_label_info(image_id, "final") or {})
-        return names
+    def _saved_segments(datastore) -> dict[str, list[Segment]]:
+        return {i: saved_segments(datastore.get_label_info(i, "final") or {}) for i in datastore.get_labeled_images()}
 
     def __call__(self, request, datastore):
         run = self.plan(request, datastore)
@@ -95,7 +133,7 @@ class StructureHeadTrainer(WholeBodySegmentation):
         return f"head_{self._run['head']}_{'highres' if self._run['highres'] else 'lowres'}"
 
     def pre_process(self, request, datastore):
-        return [item for item in super().pre_process(request, datastore) if _image_id(item) in self._run["images"]]
+        return [item for item in super().pre_process(request, datastore) if item["image_id"] in self._run["images"]]
 
     # ------------------------------------------------------------------ model
     def network(self, context):
@@ -134,6 +172,3 @@ class StructureHeadTrainer(WholeBodySegmentation):
         self.head_store.save(record, state)
         logger.info(f"wholebody_structures: published head '{record.name}' {record.structures} -> {record.weights}")
 
-
-def _image_id(item: dict) -> str:
-    return os.path.basename(item["label"]).split(".")[0]

@@ -53,11 +53,13 @@ from monai.utils.enums import CommonKeys as Keys
 from monailabel.tasks.train.basic_train import Context
 
 from lib.conf import as_float, as_int
-from lib.labels.saved import saved_label_names
+from lib.datastore.datalist import labeled_items
+from lib.labels.saved import Segment
 from lib.trainers.publishing import PublishingTrainTask
-from lib.vista3d.classes import LearnedClasses, label_mapping_for, parse_label_mapping, write_learned_classes
+from lib.vista3d.classes import LearnedClasses, label_mapping_for, parse_label_mapping, vista3d_resolver, write_learned_classes
 from lib.vista3d.prompts import PromptError
 from lib.weights.checkpoints import load_state_dict, save_atomically
+from lib.transforms.partial_labels import LayersToMultiHotd
 from lib.weights.official import OfficialCheckpoint
 
 logger = logging.getLogger(__name__)
@@ -79,7 +81,8 @@ def parse_patch_size(value: Any) -> tuple[int, int, int]:
 
 class MapLabelsd(MapTransform):
     """Label values -> other values by a lookup table; values not in it become 0. The table comes from the
-    item (``mapping_key``: JSON ``[[from, to], ...]``) or is fixed (``mapping``)."""
+    item (``mapping_key``: JSON ``[[from, to], ...]`` or ``[[from, to, layer], ...]``, layer -1 = every
+    layer of a layered label) or is fixed (``mapping``, for every layer)."""
 
     def __init__(self, keys, mapping_key: str | None = None, mapping: Sequence[tuple[int, int]] | None = None):
         super().__init__(keys)
@@ -88,18 +91,32 @@ class MapLabelsd(MapTransform):
 
     def __call__(self, data):
         d = dict(data)
-        pairs = json.loads(d[self.mapping_key]) if self.mapping_key else self.mapping
-        lut = torch.zeros(256, dtype=torch.uint8)
-        for local, glob in pairs:
-            lut[int(local)] = int(glob)
+        entries = json.loads(d[self.mapping_key]) if self.mapping_key else self.mapping
         for key in self.key_iterator(d):
             label = d[key]
             raw = label.as_tensor() if isinstance(label, MetaTensor) else torch.as_tensor(label)
-            mapped = lut.to(raw.device)[raw.round().long().clamp(0, 255)]
+            lut = torch.zeros(raw.shape[0], 256, dtype=torch.uint8)
+            for local, glob, *layer in entries:
+                lut[slice(None) if not layer or layer[0] < 0 else int(layer[0]), int(local)] = int(glob)
+            index = raw.round().long().clamp(0, 255)
+            mapped = torch.stack([lut[i].to(raw.device)[index[i]] for i in range(raw.shape[0])])
             out = label.clone() if isinstance(label, torch.Tensor) else raw.clone()
             out.copy_(mapped.to(out.dtype))  # keeps a MetaTensor's affine and meta
             d[key] = out
         return d
+
+
+def _mask(labels: torch.Tensor, class_id) -> torch.Tensor:
+    """(B, layers, *spatial) global ids -> (B, 1, *spatial): where any layer is the class."""
+    return (labels == class_id).any(1, keepdim=True)
+
+
+def _flattened(labels: torch.Tensor) -> torch.Tensor:
+    """One label map for prompt sampling: where segments of several layers overlap, the last layer's."""
+    flat = labels[:, :1].clone()
+    for layer in range(1, labels.shape[1]):
+        flat = torch.where(labels[:, layer : layer + 1] > 0, labels[:, layer : layer + 1], flat)
+    return flat
 
 
 class ClassPromptInferer(Inferer):
@@ -176,16 +193,15 @@ class Vista3DTrainer(PublishingTrainTask):
         """Saved labels with their mapping to global ids; new names get ids 133..254."""
         run = self._run
         datalist = []
-        for item in datastore.datalist():
-            image_id = os.path.basename(item["label"]).split(".")[0]
-            names = saved_label_names(datastore.get_label_info(image_id, "final") or {})
+        for item in labeled_items(datastore, os.path.join(self._model_dir, "layered_labels")):
+            image_id, segments = item.pop("image_id"), item.pop("segments")
             known = {**run["learned"], **run["new_classes"]}
-            mapping, new = label_mapping_for(names, known, run["label_mapping"], reserved=run["new_classes"].values())
+            mapping, new = label_mapping_for(segments, known, run["label_mapping"], reserved=run["new_classes"].values())
             if not mapping:
-                logger.warning(f"vista3d: label of {image_id} has no segment to learn (names {names}); skipped")
+                logger.warning(f"vista3d: label of {image_id} has no segment to learn (segments {[s.name for s in segments]}); skipped")
                 continue
             run["new_classes"].update(new)
-            ids = sorted({g for _, g in mapping})
+            ids = sorted({g for _, g, _ in mapping})
             datalist.append({**item, "label_mapping": json.dumps(mapping), "label_set": json.dumps([0, *ids])})
             logger.info(f"vista3d: {image_id} label mapping {mapping}")
         if not datalist:
@@ -265,7 +281,7 @@ class Vista3DTrainer(PublishingTrainTask):
         label_set = json.loads(batchdata["label_set"][0])
         engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: labels}
         label_prompt, point, point_label, prompt_class = sample_prompt_pairs(
-            labels,
+            _flattened(labels),
             label_set,
             max_point=run["max_point"],
             max_prompt=None,
@@ -289,7 +305,7 @@ class Vista3DTrainer(PublishingTrainTask):
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
             loss = torch.tensor(0.0, device=engine.state.device)
             for i in range(len(prompt_class)):
-                loss = loss + engine.loss_function(outputs[[i]].float(), labels == prompt_class[i])
+                loss = loss + engine.loss_function(outputs[[i]].float(), _mask(labels, prompt_class[i]))
             loss = loss / max(len(prompt_class), 1)
         engine.state.output[Keys.LOSS] = loss
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
@@ -304,7 +320,7 @@ class Vista3DTrainer(PublishingTrainTask):
             engine.optimizer.step()
         with torch.no_grad():  # the first prompt's mask for the train metric, before MODEL_COMPLETED decollates
             pred = outputs[[0]].detach().float() > 0
-            target = labels == prompt_class[0]
+            target = _mask(labels, prompt_class[0])
             engine.state.output[Keys.PRED] = torch.cat([~pred, pred], 1).float()
             engine.state.output[Keys.LABEL] = torch.cat([~target, target], 1).float()
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
@@ -325,11 +341,18 @@ class Vista3DTrainer(PublishingTrainTask):
         n = len(self._run["class_ids"]) + 1
         return [
             VistaPostTransformd(keys="pred"),  # no label_prompt: 0 background, 1..B the classes
-            AsDiscreted(keys=("pred", "label"), to_onehot=(n, n)),
+            AsDiscreted(keys="pred", to_onehot=n),
+            LayersToMultiHotd(keys="label", num_classes=n),  # overlapping segments: several layers
         ]
 
     def val_key_metric(self, context: Context):
         return {"val_mean_dice": MeanDice(output_transform=from_engine(["pred", "label"]), include_background=False)}
+
+    # ------------------------------------------------------------------ saved labels
+    def map_segments(self, segments: list[Segment]) -> dict[str, dict | None]:
+        """What each segment of a saved label trains: a VISTA3D or learned class, else a new class."""
+        found = vista3d_resolver(self.learned.get()).mapping(segments)
+        return {name: answer or {"structure": name, "new": True} for name, answer in found.items()}
 
     # ------------------------------------------------------------------ publishing
     def _publish(self, context: Context) -> None:

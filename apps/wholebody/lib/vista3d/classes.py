@@ -15,28 +15,22 @@ import json
 import os
 import tempfile
 import threading
+from functools import lru_cache
 from typing import Any, Iterable, Mapping, Sequence
 
-from lib.vista3d.prompts import (
-    CLASSES,
-    FIRST_NEW_CLASS_ID,
-    LAST_NEW_CLASS_ID,
-    NAME_TO_ID,
-    PromptError,
-    normalize_name,
-)
+from lib.labels.names import BACKGROUND, NameResolver, name_key
+from lib.labels.saved import Segment
+from lib.vista3d.prompts import CLASSES, FIRST_NEW_CLASS_ID, LAST_NEW_CLASS_ID, PromptError
 
 __all__ = [
     "LearnedClasses",
     "class_id_for_name",
+    "vista3d_resolver",
     "table_labels",
     "label_mapping_for",
     "parse_label_mapping",
     "write_learned_classes",
 ]
-
-#: names other tools use for a VISTA3D class (after ``normalize_name``)
-SYNONYMS = {"urinary bladder": "bladder", "prostate uterus": "prostate or uterus", "kidney cyst left": "left kidney cyst"}
 
 
 def table_labels() -> dict[str, int]:
@@ -44,30 +38,22 @@ def table_labels() -> dict[str, int]:
     return {name: cid for cid, name in sorted(CLASSES.items()) if cid > 0}
 
 
-def class_id_for_name(name: Any, extra_classes: Mapping[str, int] | None = None) -> int | None:
-    """Global id of a segment name, or None for a name VISTA3D does not know.
+@lru_cache(maxsize=8)
+def _resolver(extra: frozenset) -> NameResolver:
+    return NameResolver({**table_labels(), **dict(extra)})
 
-    Matches the table and the learned classes case-insensitively with ``_`` as space, and also the
-    TotalSegmentator spelling with the side after the organ (``kidney_left`` -> ``left kidney``,
-    ``rib_right_3`` -> ``right rib 3``), so segments made by the ``wholebody`` model map to VISTA3D's.
-    """
-    if name is None:
+
+def vista3d_resolver(extra_classes: Mapping[str, int] | None = None) -> NameResolver:
+    """Names of other tools -> VISTA3D global ids: the published table and the learned classes."""
+    return _resolver(frozenset((str(k), int(v)) for k, v in (extra_classes or {}).items()))
+
+
+def class_id_for_name(name: Any, extra_classes: Mapping[str, int] | None = None) -> int | None:
+    """Global id of a segment name, or None for a name VISTA3D does not know (``lib.labels.names``:
+    ``kidney_left``, ``Kidney (left)`` and ``left kidney`` are all 14)."""
+    if name is None or not str(name).strip():
         return None
-    key = normalize_name(str(name))
-    if not key:
-        return None
-    extra = {normalize_name(k): int(v) for k, v in (extra_classes or {}).items()}
-    candidates = [key, SYNONYMS.get(key, key)]
-    words = key.split()
-    for side in ("left", "right"):
-        if side in words and words[0] != side:
-            candidates.append(" ".join([side] + [w for w in words if w != side]))
-    for candidate in candidates:
-        if candidate in NAME_TO_ID:
-            return NAME_TO_ID[candidate]
-        if candidate in extra:
-            return extra[candidate]
-    return None
+    return vista3d_resolver(extra_classes).channel(str(name))
 
 
 def _as_pairs(value: Any) -> list[list]:
@@ -118,25 +104,25 @@ def parse_label_mapping(value: Any) -> list[tuple[int, int]] | None:
 
 
 def label_mapping_for(
-    segment_names: Mapping[str, int],
+    segments: Sequence[Segment],
     learned: Mapping[str, int],
     explicit: Sequence[tuple[int, int]] | None = None,
     reserved: Iterable[int] = (),
-) -> tuple[list[tuple[int, int]], dict[str, int]]:
+) -> tuple[list[tuple[int, int, int]], dict[str, int]]:
     """Map one saved label's values to global ids.
 
     Args:
-        segment_names: name -> value of the saved label (Slicer's ``label_info``).
+        segments: the saved label's segments (``lib.labels.saved``: name, value, layer, code).
         learned: classes already learned (name -> id), reused by name.
-        explicit: ``label_mapping`` from the request/config; when given it decides the ids, and the
-            segment names only name new ids.
+        explicit: ``label_mapping`` from the request/config; when given it decides the ids (for the
+            values of every layer), and the segment names only name new ids.
         reserved: new ids already given to other names in this training run.
     Returns:
-        ``[(local, global), ...]`` and the new classes it introduces (name -> id in 133..254).
+        ``[(local, global, layer), ...]`` (layer -1: every layer) and the new classes it introduces
+        (name -> id in 133..254).
     """
     taken = set(learned.values()) | set(reserved)
     new: dict[str, int] = {}
-    names_by_value = {int(v): str(k) for k, v in segment_names.items()}
     learned_by_id = {int(v): k for k, v in learned.items()}
 
     def fresh_id() -> int:
@@ -147,25 +133,25 @@ def label_mapping_for(
         raise PromptError(f"no free class id left in {FIRST_NEW_CLASS_ID}..{LAST_NEW_CLASS_ID}")
 
     if explicit:
+        names_by_value = {s.value: s.name for s in segments if s.layer == 0}
         for local, glob in explicit:
             if glob >= FIRST_NEW_CLASS_ID and glob not in learned_by_id:
                 name = names_by_value.get(local)
-                if not name or class_id_for_name(name, learned) is not None or normalize_name(name) in map(normalize_name, new):
+                if not name or vista3d_resolver({**learned, **new}).channel(name) is not None:
                     name = f"class {glob}"
                 if glob not in new.values():
                     new[name] = glob
-        return list(explicit), new
+        return [(local, glob, -1) for local, glob in explicit], new
 
-    mapping: list[tuple[int, int]] = []
-    for name, local in sorted(segment_names.items(), key=lambda kv: kv[1]):
-        local = int(local)
-        if local <= 0 or normalize_name(name) == "background":
+    mapping: list[tuple[int, int, int]] = []
+    for segment in sorted(segments, key=lambda s: (s.layer, s.value)):
+        if segment.value <= 0 or name_key(segment.name) == BACKGROUND:
             continue
-        cid = class_id_for_name(name, {**learned, **new})
+        cid = vista3d_resolver({**learned, **new}).channel(segment.name, segment.code)
         if cid is None:
             cid = fresh_id()
-            new[str(name)] = cid
-        mapping.append((local, cid))
+            new[segment.name] = cid
+        mapping.append((segment.value, cid, segment.layer))
     return mapping, new
 
 
