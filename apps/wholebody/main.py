@@ -167,10 +167,13 @@ class WholeBodyApp(MONAILabelApp):
         from lib.heads import routes as head_routes
         from lib.server import errors as http_errors
         from lib.server import train_requests
+        from lib.server.auth import install as access_control
 
         http_errors.install(fastapi_app)
         head_routes.install(fastapi_app, self._infers)
         train_requests.install(self)
+        # Last: it checks every route installed before it, and refuses to start an exposed server.
+        access_control.install(fastapi_app, self.options, self.model_dir)
         super().on_init_complete()
 
     def infer(self, request, datastore=None):
