@@ -9,9 +9,10 @@ import logging
 import sys
 
 import pytest
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.testclient import TestClient
+from monailabel.endpoints.user.auth import RBAC, User
 from starlette.middleware import Middleware
 
 from lib.conf import Conf, ConfError
@@ -37,6 +38,11 @@ def server_like_app() -> FastAPI:
     app.put("/datastore/label")(who)
     app.delete("/datastore/label")(who)
     app.post("/train/{model}")(lambda model: {"user": signed_in_user()})
+
+    @app.get("/datastore/label/info")
+    async def as_monai_label_sees_it(user: User = Depends(RBAC(USER))):
+        return {"user": user.username}
+
     return app
 
 
@@ -99,6 +105,8 @@ def test_roles(server):
         }
         assert {k: a.status_code for k, a in got.items()} == answers, name
         assert got["/info/"].json() == {"user": name}
+        # MONAI Label's own endpoints see the signed-in user, not its default "admin"
+        assert server.get("/datastore/label/info", headers=headers).json() == {"user": name}
     refused = server.post("/train/x", headers=token(server, "anna")).json()["detail"]
     assert refused == f'role "{ADMIN}" is required for POST /train/{{model}}; anna has {ANNOTATOR}'
 

@@ -84,7 +84,7 @@ def install(app: FastAPI, options: Conf, model_dir: str) -> None:
     if mode == "accounts":
         signed_in, throttle = _accounts(options, options.path("auth_users", ""), model_dir)
         routes.install(app, signed_in, throttle, audit)
-        attribution.install()
+        attribution.install(app)
     if mode == "none":
         logger.warning(
             f"--conf auth none: NO ACCOUNTS on {host or 'an unknown address'}: anyone who can reach this server can "
