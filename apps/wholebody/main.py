@@ -35,6 +35,10 @@ os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
 class WholeBodyApp(MONAILabelApp):
     def __init__(self, app_dir, studies, conf):
         self.options = Conf(conf)
+        if "monailabel.app" in sys.modules:  # under the server: an exposed start is refused before models load
+            from lib.server.auth.install import access_mode
+
+            access_mode(self.options)
         self.model_dir = self.options.path("model_dir", os.path.join(app_dir, "model"))
         available = lib.configs.CONFIGS
         names = self.options.list("models", list(available))

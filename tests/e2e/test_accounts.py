@@ -58,7 +58,9 @@ def server(root):
     for name, (password, role) in USERS.items():
         add_user(users_file, name, password, role)
     conf = {
-        "models": "wholebody", "highres": "false", "auth_users": str(users_file), "cors_origins": VIEWER,
+        # Inference with wholebody (lowres); the admin trains spleen, the lighter network.
+        "models": "wholebody,spleen", "highres": "false", "al_mc_samples": "2", "al_roi": "48",
+        "auth_users": str(users_file), "cors_origins": VIEWER,
         "login_max_failures": "3", "login_max_failures_per_address": "6", "login_delay_seconds": "0.25",
         "weights_url": f"http://127.0.0.1:{free_port()}/",
     }
@@ -110,21 +112,23 @@ def test_slicer_session_with_accounts(server, root):
     result, header = nrrd.read(result_file)
     assert result.shape == (64, 64, 30) and params["label_names"]["liver"] == 5
     corrected = np.zeros_like(result)
-    corrected[10:50, 10:50, 5:25] = 5
+    corrected[10:40, 10:40, 5:25] = 5
+    corrected[40:60, 40:60, 10:20] = 1
     label_file = root / "corrected.nrrd"
     nrrd.write(str(label_file), corrected, header)
     # The client claims to be someone else: the label names who signed in.
-    anna().save_label(first, str(label_file), params={"label_info": [{"name": "liver", "idx": 5}], "user": "adam"})
+    segments = [{"name": "spleen", "idx": 1}, {"name": "liver", "idx": 5}]
+    anna().save_label(first, str(label_file), params={"label_info": segments, "user": "adam"})
     info = requests.get(f"{server.url}/datastore/label/info", params={"label": first, "tag": "final"}, headers=bearer(anna.token["access_token"]), timeout=30)
     assert info.json()["user"] == "anna"
 
-    assert status_of(lambda: anna().train_start("wholebody", {"max_epochs": 1})) == 403
+    assert status_of(lambda: anna().train_start("spleen", {"max_epochs": 1})) == 403
     assert status_of(lambda: SlicerLogin(server.url, tmp, "uma", USERS["uma"][0])().save_label(first, str(label_file))) == 403
     deleted = requests.delete(f"{server.url}/datastore/label", params={"id": first, "tag": "final"}, headers=bearer(anna.token["access_token"]), timeout=30)
     assert deleted.status_code == 403 and "monailabel-reviewer" in deleted.json()["detail"]
 
     adam = SlicerLogin(server.url, tmp, "adam", USERS["adam"][0])
-    adam().train_start("wholebody", {"max_epochs": 1, "highres": False, "val_split": 0.0})
+    adam().train_start("spleen", {"max_epochs": 1, "val_split": 0.0})
     assert wait_for_training(adam())["status"] == "DONE"
     assert anna.sign_ins == 1 and otto.sign_ins == 1  # one sign-in per session, the token reused
 

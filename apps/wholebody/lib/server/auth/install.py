@@ -51,8 +51,17 @@ def _accounts(options: Conf, users_file: str, model_dir: str) -> tuple[SignedIn,
     return signed_in, throttle
 
 
+def access_mode(options: Conf) -> str:
+    """'accounts', 'keycloak', 'none' (explicit) or 'loopback'; raises where the server must not
+    start. Cheap: the app calls it before loading models, so that a refusal comes at once."""
+    try:
+        return _mode(options, listen_host())
+    except ExposedWithoutAccounts as e:
+        logger.error(str(e))
+        raise
+
+
 def _mode(options: Conf, host) -> str:
-    """'accounts', 'keycloak', 'none' (explicit) or 'loopback'; raises where the server must not start."""
     opt_out = options.raw("auth")
     if opt_out not in (None, "none"):
         raise ConfError(f"'auth' accepts only 'none' (no accounts, explicitly), got {opt_out!r}")
@@ -72,12 +81,7 @@ def _mode(options: Conf, host) -> str:
 
 
 def install(app: FastAPI, options: Conf, model_dir: str) -> None:
-    host = listen_host()
-    try:
-        mode = _mode(options, host)
-    except ExposedWithoutAccounts as e:
-        logger.error(str(e))
-        raise
+    mode, host = access_mode(options), listen_host()
     audit = AuditLog(options.path("audit_log", os.path.join(model_dir, "audit.jsonl")))
     origins = cors.allowed_origins(options)
     signed_in = None
