@@ -9,8 +9,10 @@ token (signing in only once). The script measures, per action, the median of:
 - ``on, request``: the same request with a bearer token (the access check alone);
 - ``on, as Slicer``: the request plus Slicer's two checks before it (what a user waits for).
 
-Rounds alternate between the servers so that machine load falls on both alike. It prints the
-medians in ms and the ratios against ``off`` from this one run.
+Within a round the three take turns at going first, so that machine load falls on all alike. It
+prints the medians in ms and the ratios against ``off`` from this one run, and the cost of the
+check itself in this process (decode and verify the token, re-check the users file, find the
+route's rule).
 
     $V/bin/python bench/bench_accounts.py                 # 20 rounds; inference in 3 of them
     $V/bin/python bench/bench_accounts.py --rounds 50 --out bench/results/accounts-vm-cpu.json
@@ -39,6 +41,10 @@ sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "apps" / "wholebody")]
 from accounts import AccountsServer, SlicerLogin, add_user  # noqa: E402
 from conftest import CT, Server, free_port, slicer_client_class  # noqa: E402
 from lib.networks import wholebody_segresnet  # noqa: E402
+from lib.server.auth.access import SignedIn  # noqa: E402
+from lib.server.auth.rules import rule_for  # noqa: E402
+from lib.server.auth.tokens import Tokens  # noqa: E402
+from lib.server.auth.users import Accounts  # noqa: E402
 
 SLICER = {"result_extension": ".nrrd", "result_dtype": "uint8"}
 PASSWORD = "bench-password"
@@ -60,10 +66,9 @@ def actions(label_file: str) -> dict:
     return {
         "info": lambda c: c.info(),
         "datastore": lambda c: c.datastore(),
-        "next_sample": lambda c: c.next_sample("random", {}),
+        "next_sample": lambda c: c.next_sample("first", {}),
         "infer": lambda c: c.infer("wholebody", "crop", SLICER),
         "save_label": lambda c: c.save_label("crop", label_file, params={"label_info": [{"name": "liver", "idx": 5}]}),
-        "train_status": lambda c: c.train_status(),
     }
 
 
@@ -71,6 +76,17 @@ def timed(call) -> float:
     start = time.perf_counter()
     call()
     return (time.perf_counter() - start) * 1000.0
+
+
+def check_alone_us(users_file: Path, repeats: int = 20_000) -> float:
+    """Microseconds per request of what the access check adds, in this process."""
+    signed_in = SignedIn(Accounts(str(users_file)), Tokens(b"k" * 48, 60))
+    token = signed_in.tokens.issue(signed_in.accounts.get("anna"))
+    start = time.perf_counter()
+    for _ in range(repeats):
+        signed_in.account(token)
+        rule_for("PUT", "/datastore/label")
+    return (time.perf_counter() - start) / repeats * 1e6
 
 
 def main() -> None:
@@ -107,13 +123,19 @@ def main() -> None:
             for name, call in actions(label_file).items():
                 if name == "infer" and r >= args.infer_rounds:
                     continue
-                row = times.setdefault(name, {"off": [], "on, request": [], "on, as Slicer": []})
                 bearer = Client(on.url, str(tmp), "user-xyz")
                 bearer.update_auth(slicer.token)
-                row["off"].append(timed(lambda: call(Client(off.url, str(tmp), "user-xyz"))))
-                row["on, request"].append(timed(lambda: call(bearer)))
-                row["on, as Slicer"].append(timed(lambda: call(slicer())))
+                clients = {
+                    "off": lambda: Client(off.url, str(tmp), "user-xyz"),
+                    "on, request": lambda: bearer,
+                    "on, as Slicer": slicer,
+                }
+                row = times.setdefault(name, {mode: [] for mode in clients})
+                modes = list(clients)
+                for mode in modes[r % 3 :] + modes[: r % 3]:  # each mode first in a third of the rounds
+                    row[mode].append(timed(lambda: call(clients[mode]())))
         assert slicer.sign_ins == 1, "the token was not reused"
+        check_us = check_alone_us(tmp / "users.json")
     finally:
         for server in servers:
             server.stop()
@@ -127,8 +149,10 @@ def main() -> None:
             f"{name:<14}{n:>4}{m['off']:>10.1f}{m['on, request']:>14.1f}{m['on, as Slicer']:>15.1f}"
             f"{m['on, request'] / m['off']:>13.2f}{m['on, as Slicer'] / m['off']:>12.2f}"
         )
+    print(f"the access check alone: {check_us:.0f} us per request")
     if args.out:
-        Path(args.out).write_text(json.dumps({"machine": platform.node(), "rounds": args.rounds, "median_ms": results}, indent=1))
+        out = {"machine": platform.node(), "rounds": args.rounds, "median_ms": results, "check_alone_us": check_us}
+        Path(args.out).write_text(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":

@@ -108,7 +108,7 @@ def infer_params(request) -> dict:
     return json.loads(found.group(1))
 
 
-def test_ohif_with_accounts_vista3d_click_and_wholebody(server, tmp_path):
+def test_ohif_with_accounts_vista3d_click_and_wholebody(server, orthanc, tmp_path):
     sync_playwright = browser_or_fail()
     OUTPUT.mkdir(parents=True, exist_ok=True)
     token = requests.post(f"{server.url}/auth/token", data={"username": USER, "password": PASSWORD}, timeout=60).json()["access_token"]
@@ -179,9 +179,10 @@ def test_ohif_with_accounts_vista3d_click_and_wholebody(server, tmp_path):
             before = viewport_pixels(page)
 
             # 4. A VISTA3D click: the Point Prompts tab, a segment, OHIF's point tool on the viewport, Run.
-            panel.locator("label.tab-label", has_text="Point Prompts").click()
-            assert panel.locator("select.selectBox").filter(visible=True).input_value() == "vista3d_point"
-            panel.locator("tr.clickable-row", has_text=CLICKED_SEGMENT).filter(visible=True).click()
+            point_tab = panel.locator("div.tab", has=page.locator("label.tab-label", has_text="Point Prompts"))
+            point_tab.locator("label.tab-label").click()
+            assert point_tab.locator("select.selectBox").input_value() == "vista3d_point"
+            point_tab.locator("tr.clickable-row", has_text=CLICKED_SEGMENT).click()
             box = page.locator('[data-cy="viewport-pane"]').first.bounding_box()
             page.mouse.click(box["x"] + box["width"] * 0.45, box["y"] + box["height"] * 0.55)
             page.wait_for_timeout(500)
@@ -231,3 +232,10 @@ def test_ohif_with_accounts_vista3d_click_and_wholebody(server, tmp_path):
 
     signed_in = {"Authorization": f"Bearer {token}"}
     assert requests.get(f"{server.url}/datastore/", params={"output": "stats"}, headers=signed_in, timeout=60).json()["total"] == 1
+    audit = [json.loads(line) for line in (server.model_dir / "audit.jsonl").read_text().splitlines()]
+    assert [(r["event"], r["user"]) for r in audit if r["event"].startswith("login")] == [
+        ("login", USER), ("login_failed", USER), ("login", USER)
+    ]
+    for log in (server.log, server.model_dir / "audit.jsonl"):
+        text = log.read_text()
+        assert orthanc.auth[1] not in text and PASSWORD not in text and token not in text, f"a secret in {log}"

@@ -15,7 +15,7 @@ from lib.server.auth.roles import ANNOTATOR
 from lib.server.auth.tokens import ISSUER, KEY_ENV, InvalidToken, SigningKeyError, Tokens, load_key
 from lib.server.auth.users import Account
 
-KEY = b"a-test-signing-key-of-more-than-32-chars"
+KEY = b"a-test-signing-key-of-more-than-64-characters-as-HS512-wants-too!"
 ALICE = Account("alice", "$2b$12$" + "a" * 53, (ANNOTATOR,))
 
 
