@@ -98,9 +98,17 @@ RULES = _rules()
 UNLISTED = Rule(ADMIN)
 
 _STRICTNESS = {PUBLIC: -2, SIGNED_IN: -1, **RANK}
-_BY_METHOD: dict[str, list] = {}
-for (_method, _template), _rule in RULES.items():
-    _BY_METHOD.setdefault(_method, []).append((_template, compile_path(_template)[0], _rule))
+
+
+def _by_method(rules: dict[tuple[str, str], Rule]) -> dict[str, list]:
+    """method -> [(template, compiled path regex, rule)], as Starlette compiles route paths."""
+    index: dict[str, list] = {}
+    for (method, template), rule in rules.items():
+        index.setdefault(method, []).append((template, compile_path(template)[0], rule))
+    return index
+
+
+_BY_METHOD = _by_method(RULES)
 
 
 def rule_for(method: str, path: str) -> tuple[Optional[str], Rule]:
