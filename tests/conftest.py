@@ -64,6 +64,8 @@ def wait_for_training(client, timeout: float = 1200) -> dict:
 class Server:
     """``monailabel start_server`` in its own process group, stopped with the test."""
 
+    ready_path = "/info/"  # answers 200 once the server is up (``/auth/`` where accounts are on)
+
     def __init__(self, studies: Path, model_dir: Path, conf: dict[str, str], log: Path):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -87,7 +89,7 @@ class Server:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited: {self.log.read_text()[-3000:]}")
             try:
-                with urllib.request.urlopen(f"{self.url}/info/", timeout=5) as r:
+                with urllib.request.urlopen(f"{self.url}{self.ready_path}", timeout=5) as r:
                     if r.status == 200:
                         return time.time() - start
             except OSError:

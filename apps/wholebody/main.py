@@ -37,6 +37,10 @@ os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
 class WholeBodyApp(MONAILabelApp):
     def __init__(self, app_dir, studies, conf):
         self.options = Conf(conf)
+        if "monailabel.app" in sys.modules:  # under the server: an exposed start is refused before models load
+            from lib.server.auth.install import access_mode
+
+            access_mode(self.options)
         self.model_dir = self.options.path("model_dir", os.path.join(app_dir, "model"))
         available = lib.configs.CONFIGS
         names = self.options.list("models", list(available))
@@ -180,10 +184,13 @@ class WholeBodyApp(MONAILabelApp):
         from lib.heads import routes as head_routes
         from lib.server import errors as http_errors
         from lib.server import train_requests
+        from lib.server.auth import install as access_control
 
         http_errors.install(fastapi_app)
         head_routes.install(fastapi_app, self._infers)
         train_requests.install(self)
+        # Last: it checks every route installed before it, and refuses to start an exposed server.
+        access_control.install(fastapi_app, self.options, self.model_dir)
         super().on_init_complete()
 
     def infer(self, request, datastore=None):

@@ -1,16 +1,21 @@
-"""OHIF at /ohif/ in headless Chromium: it lists the study of the PACS (Orthanc), opens it in the
-MONAI Label mode, and the panel runs ``wholebody`` on it. Screenshots go to ``out/e2e/``."""
+"""OHIF at /ohif/ in headless Chromium with accounts on: the browser is sent to the login page, signs
+in (a session cookie), lists the study of the PACS (Orthanc) through the proxy, opens it in the
+MONAI Label mode; the panel places a VISTA3D click with OHIF's point tool on ``vista3d_point`` and
+runs ``wholebody``, and the segments are painted. Screenshots go to ``out/e2e/``."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import time
 
 import numpy as np
 import pytest
 import requests
 
-from conftest import PACS_SERIES, ROOT
+from accounts import AccountsServer, add_user
+from conftest import PACS_SERIES, ROOT, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -68,16 +73,47 @@ def nrrd_labels(data: bytes, tmp_path) -> np.ndarray:
     return np.unique(nrrd.read(str(path))[0])
 
 
-def test_ohif_lists_the_pacs_study_and_runs_wholebody(orthanc, pacs_tools, start_server, monkeypatch, tmp_path):
-    sync_playwright = browser_or_fail()
-    OUTPUT.mkdir(parents=True, exist_ok=True)
+USER, PASSWORD = "radiologist", "radiologist-password"
+CLICKED_SEGMENT = "hepatic tumor"  # a VISTA3D class that wholebody does not have
+
+
+@pytest.fixture
+def server(orthanc, pacs_tools, monkeypatch, tmp_path):
+    """The app on the PACS with accounts on: wholebody (lowres) and VISTA3D (seeded random weights,
+    official layout); one annotator."""
+    import torch
+    from monai.networks.nets import vista3d132
+
     pacs_tools.upload([PACS_SERIES], orthanc.dicomweb_url, orthanc.auth)
     monkeypatch.setenv("MONAI_LABEL_DICOMWEB_USERNAME", orthanc.auth[0])
     monkeypatch.setenv("MONAI_LABEL_DICOMWEB_PASSWORD", orthanc.auth[1])
     monkeypatch.setenv("MONAI_LABEL_DICOMWEB_CACHE_PATH", str(tmp_path / "dicomweb-cache"))
-    server = start_server(conf={"highres": "false", "models": "wholebody,spleen"}, studies=orthanc.dicomweb_url)
-    wholebody_labels = server.info()["models"]["wholebody"]["labels"]
-    names = {int(v): k for k, v in wholebody_labels.items()}
+    official = tmp_path / "model" / "vista3d" / "models" / "model.pt"
+    official.parent.mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.save(vista3d132(in_channels=1).state_dict(), official)
+    add_user(tmp_path / "users.json", USER, PASSWORD, "monailabel-annotator")
+    conf = {
+        "highres": "false", "models": "wholebody,vista3d", "skip_trainers": "true", "auth_users": str(tmp_path / "users.json"),
+        "weights_url": f"http://127.0.0.1:{free_port()}/",
+    }
+    server = AccountsServer(orthanc.dicomweb_url, tmp_path / "model", conf, tmp_path / "server.log")
+    yield server
+    server.stop()
+
+
+def infer_params(request) -> dict:
+    """The params JSON of the panel's multipart /infer request."""
+    found = re.search(rb'name="params"\r\n\r\n(.*?)\r\n--', request.post_data_buffer, re.S)
+    return json.loads(found.group(1))
+
+
+def test_ohif_with_accounts_vista3d_click_and_wholebody(server, orthanc, tmp_path):
+    sync_playwright = browser_or_fail()
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    token = requests.post(f"{server.url}/auth/token", data={"username": USER, "password": PASSWORD}, timeout=60).json()["access_token"]
+    info = requests.get(f"{server.url}/info/", headers={"Authorization": f"Bearer {token}"}, timeout=60).json()
+    names = {int(v): k for k, v in info["models"]["wholebody"]["labels"].items()}
 
     failures = []
     with sync_playwright() as p:
@@ -94,8 +130,23 @@ def test_ohif_lists_the_pacs_study_and_runs_wholebody(orthanc, pacs_tools, start
                 lambda r: failures.append(f"{r.status} {r.url}") if r.status >= 400 and "/proxy/" in r.url else None,
             )
 
-            # 1. The study list shows the study of the PACS.
+            # 0. Not signed in: the PACS proxy is closed and OHIF's page sends the browser to sign in.
+            assert context.request.get(f"{server.url}/proxy/dicom/qido/studies").status == 401
             page.goto(f"{server.url}/ohif/", wait_until="domcontentloaded")
+            assert page.url == f"{server.url}/login?next=%2Fohif%2F"
+            page.fill("#username", USER)
+            page.fill("#password", "wrong password")
+            page.click("button[type=submit]")
+            page.get_by_text("wrong username or password").wait_for(timeout=30_000)
+            page.fill("#username", USER)
+            page.fill("#password", PASSWORD)
+            page.click("button[type=submit]")
+            page.wait_for_url(f"{server.url}/ohif/**", timeout=60_000)
+            (session,) = [c for c in context.cookies() if c["name"] == "monailabel_session"]
+            assert session["httpOnly"] and session["sameSite"] == "Strict"
+            assert context.request.get(f"{server.url}/proxy/dicom/qido/studies").status == 200
+
+            # 1. The study list shows the study of the PACS.
             row = page.get_by_text("Example, CT").first
             row.wait_for(timeout=90_000)
             assert "TS-EXAMPLE" in page.inner_text("body")
@@ -123,11 +174,33 @@ def test_ohif_lists_the_pacs_study_and_runs_wholebody(orthanc, pacs_tools, start
             run.wait_for(timeout=60_000)
             panel = page.locator(".monaiLabelPanel")
             panel_text = panel.inner_text()
-            assert "wholebody" in panel_text and "spleen" in panel_text, panel_text[:2000]
+            assert "wholebody" in panel_text and "vista3d" in panel_text, panel_text[:2000]
             page.wait_for_timeout(2000)  # the panel adds the segmentation to the viewport
             before = viewport_pixels(page)
 
-            # 4. Run wholebody from the panel.
+            # 4. A VISTA3D click: the Point Prompts tab, a segment, OHIF's point tool on the viewport, Run.
+            point_tab = panel.locator("div.tab", has=page.locator("label.tab-label", has_text="Point Prompts"))
+            point_tab.locator("label.tab-label").click()
+            assert point_tab.locator("select.selectBox").input_value() == "vista3d_point"
+            point_tab.locator("tr.clickable-row", has_text=CLICKED_SEGMENT).click()
+            box = page.locator('[data-cy="viewport-pane"]').first.bounding_box()
+            page.mouse.click(box["x"] + box["width"] * 0.45, box["y"] + box["height"] * 0.55)
+            page.wait_for_timeout(500)
+            with page.expect_response(lambda r: "/infer/vista3d_point" in r.url, timeout=600_000) as answer:
+                page.get_by_title("Run PointPrompts", exact=True).click()
+            assert answer.value.status == 200, answer.value.text()[:1000]
+            clicks = infer_params(answer.value.request)
+            assert len(clicks["foreground"]) == 1 and len(clicks["foreground"][0]) == 3, clicks
+            click_values = nrrd_labels(answer.value.body(), tmp_path)
+            page.get_by_text("Running Inference for Point Prompts - Successful").first.wait_for(timeout=60_000)
+            page.wait_for_timeout(2000)
+            page.screenshot(path=str(OUTPUT / "ohif_vista3d_click.png"))
+            painted = page.evaluate(PAINTED_SEGMENTS)
+            assert set(click_values) == {0, 1}, click_values  # the clicked structure, as a new one (value 1)
+            assert set(painted) == {CLICKED_SEGMENT} and painted[CLICKED_SEGMENT] > 0, painted
+            panel.locator("label.tab-label", has_text="Auto-Segmentation").click()
+
+            # 5. Run wholebody from the panel: its answer replaces the click's.
             started = time.time()
             with page.expect_response(lambda r: "/infer/wholebody" in r.url, timeout=600_000) as answer:
                 run.click()
@@ -157,4 +230,12 @@ def test_ohif_lists_the_pacs_study_and_runs_wholebody(orthanc, pacs_tools, start
         finally:
             browser.close()
 
-    assert requests.get(f"{server.url}/datastore/", params={"output": "stats"}, timeout=60).json()["total"] == 1
+    signed_in = {"Authorization": f"Bearer {token}"}
+    assert requests.get(f"{server.url}/datastore/", params={"output": "stats"}, headers=signed_in, timeout=60).json()["total"] == 1
+    audit = [json.loads(line) for line in (server.model_dir / "audit.jsonl").read_text().splitlines()]
+    assert [(r["event"], r["user"]) for r in audit if r["event"].startswith("login")] == [
+        ("login", USER), ("login_failed", USER), ("login", USER)
+    ]
+    for log in (server.log, server.model_dir / "audit.jsonl"):
+        text = log.read_text()
+        assert orthanc.auth[1] not in text and PASSWORD not in text and token not in text, f"a secret in {log}"

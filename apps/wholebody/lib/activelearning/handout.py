@@ -5,9 +5,10 @@ The server process keeps, in memory, which study each client was last given by a
 label is saved for the study, other clients get other studies. A client asking again gets a
 study again (its own included) and its previous hand-out is released: one study per client.
 
-Clients are told apart by the ``client_id`` they send (the Slicer module's "Client/User-ID"
-setting, default ``user-xyz``: annotators sharing a server must each set their own). Requests
-without one count as one anonymous client. The map is kept in a JSON file (in the model
+Clients are told apart by the signed-in user where accounts are on, else by the ``client_id``
+they send (the Slicer module's "Client/User-ID" setting, default ``user-xyz``: annotators sharing
+a server without accounts must each set their own). Requests without either count as one
+anonymous client. The map is kept in a JSON file (in the model
 folder), so a restarted server still knows who annotates what.
 """
 
@@ -24,6 +25,7 @@ from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.strategy import Strategy
 
 from lib.activelearning import datastore_info
+from lib.server.auth.context import signed_in_user
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +118,7 @@ class Exclusive(Strategy):
         return {**self.strategy.info(), "description": self.description}
 
     def __call__(self, request, datastore: Datastore):
-        client_id = str(request.get("client_id") or ANONYMOUS)
+        client_id = signed_in_user() or str(request.get("client_id") or ANONYMOUS)
         with self.handouts.lock:  # choose and record in one step: two clients never race to one study
             datastore_info.reload(datastore)  # scores written by the scoring process
             held = self.handouts.held_by_others(client_id)

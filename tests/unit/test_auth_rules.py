@@ -1,0 +1,111 @@
+"""Every route of the real server has an access rule, and the table has no rule for a route that
+does not exist: a route added without a rule fails here instead of answering anyone."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.routing import iter_route_contexts
+from starlette.routing import Mount
+
+from lib.conf import Conf
+from lib.heads import routes as head_routes
+from lib.pacs import proxy
+from lib.server.auth import routes as auth_routes
+from lib.server.auth.access import SignedIn
+from lib.server.auth.audit import AuditLog
+from lib.server.auth.roles import ADMIN, ANNOTATOR, REVIEWER, USER
+from lib.server.auth.rules import PUBLIC, RULES, SIGNED_IN, UNLISTED, rule_for
+from lib.server.auth.throttle import LoginThrottle
+from lib.server.auth.tokens import Tokens
+from lib.server.auth.users import Account, Accounts, hash_password, write
+
+
+def routes_of(app) -> set[tuple[str, str]]:
+    found = set()
+    for context in iter_route_contexts(app.router.routes):
+        if isinstance(context.original_route, Mount):
+            found.add(("GET", context.path + "/{path:path}"))
+            continue
+        for method in context.methods:
+            # Starlette answers HEAD with the GET route where a route offers both.
+            if not (method == "HEAD" and "GET" in context.methods):
+                found.add((method, context.path))
+    return found
+
+
+@pytest.fixture(scope="module")
+def server_routes(tmp_path_factory) -> set[tuple[str, str]]:
+    """MONAI Label's FastAPI app with everything the wholebody app installs on it."""
+    from monailabel.app import app
+
+    folder = tmp_path_factory.mktemp("auth")
+    users = folder / "users.json"
+    write(str(users), {"admin": Account("admin", hash_password("password-1"), (ADMIN,))})
+    signed_in = SignedIn(Accounts(str(users)), Tokens(b"k" * 32, 1.0))
+    head_routes.install(app, {})
+    proxy.install(app)
+    auth_routes.install(app, signed_in, LoginThrottle(5, 20, 15, 0.5), AuditLog(str(folder / "audit.jsonl")))
+    return routes_of(app)
+
+
+def test_every_route_has_a_rule(server_routes):
+    missing = sorted(r for r in server_routes if r not in RULES)
+    assert not missing, f"routes without an entry in lib/server/auth/rules.py: {missing}"
+
+
+def test_every_rule_has_a_route(server_routes):
+    stale = sorted(r for r in RULES if r not in server_routes)
+    assert not stale, f"rules for routes the server does not have: {stale}"
+
+
+def test_checker_sees_routes():
+    """The checks above would pass vacuously if no routes were found."""
+    from fastapi import FastAPI
+
+    app = FastAPI()
+    app.get("/x/{a}")(lambda a: a)
+    app.delete("/x/{a}")(lambda a: a)
+    assert routes_of(app) >= {("GET", "/x/{a}"), ("DELETE", "/x/{a}")}
+
+
+@pytest.mark.parametrize(
+    "method, path, role",
+    [
+        ("GET", "/auth/", PUBLIC),
+        ("POST", "/auth/token", PUBLIC),
+        ("GET", "/auth/token/valid", SIGNED_IN),
+        ("GET", "/info/", USER),
+        ("GET", "/info", USER),  # FastAPI redirects to /info/: same rule
+        ("POST", "/infer/wholebody", USER),
+        ("POST", "/activelearning/random", USER),
+        ("GET", "/ohif/index.html", USER),
+        ("GET", "/ohif/assets/x/y.js", USER),
+        ("GET", "/proxy/dicom/wado/studies/1.2/series/3/frames/1", USER),
+        ("POST", "/proxy/dicom/stow/studies", ANNOTATOR),
+        ("HEAD", "/datastore/image", USER),
+        ("PUT", "/datastore/label", ANNOTATOR),
+        ("DELETE", "/datastore/label", REVIEWER),
+        ("DELETE", "/datastore/image", ADMIN),
+        ("POST", "/train/wholebody", ADMIN),
+        ("POST", "/train/wholebody_structures", ADMIN),
+        ("DELETE", "/heads/wholebody/lesion", ADMIN),
+        ("POST", "/scoring/wholebody_uncertainty", ADMIN),
+        ("POST", "/batch/infer/wholebody", ADMIN),
+        ("GET", "/model/wholebody", ADMIN),
+        ("GET", "/model/info/wholebody", ADMIN),
+        ("GET", "/heads/wholebody", USER),
+        ("HEAD", "/openapi.json", USER),
+    ],
+)
+def test_rule_for(method, path, role):
+    assert rule_for(method, path)[1].role == role
+
+
+@pytest.mark.parametrize("method, path", [("GET", "/nothing/here"), ("PATCH", "/datastore/label"), ("GET", "/datastore/labels")])
+def test_a_request_no_rule_matches_is_for_admins_only(method, path):
+    assert rule_for(method, path) == (None, UNLISTED) and UNLISTED.role == ADMIN
+
+
+def test_what_changes_something_is_audited():
+    changing = [(m, t) for (m, t), rule in RULES.items() if m in ("PUT", "POST", "DELETE") and rule.role in (ANNOTATOR, REVIEWER, ADMIN)]
+    assert changing and all(RULES[k].audit for k in changing), [k for k in changing if not RULES[k].audit]
