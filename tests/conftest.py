@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "apps" / "wholebody"
 SHARED = ROOT.parent / "shared" / "data"
 CT = SHARED / "ct" / "example_ct_sm.nii.gz"
+SEG = SHARED / "ct" / "example_ct_sm_totalseg_v2.nii.gz"  # TotalSegmentator v2 labels of CT
 
 sys.path.insert(0, str(APP))
 

@@ -339,7 +339,8 @@ def test_trainer_maps_labels_trains_validates_and_publishes(tmp_path, val_split)
         pixdim=(1.5, 1.5, 1.5),
         hu_window=(-963.8247715525971, 1053.678477684517),
         crop_margin=10,
-        patch_size=(128, 128, 128),
+        roi_size=(128, 128, 128),
+        overlap=0.25,
         max_epochs=2,
         val_split=0.2,
     )
