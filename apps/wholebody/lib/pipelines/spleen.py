@@ -7,7 +7,7 @@ from __future__ import annotations
 from monai.inferers import SlidingWindowInferer
 from monai.transforms import EnsureChannelFirstd, EnsureTyped, LoadImaged, Orientationd, ScaleIntensityRanged
 
-from lib.pipelines.spacing import image_and_label, spacing
+from lib.pipelines.spacing import image_and_label, resampling
 from lib.transforms.validate import CheckCTVolumed
 
 PIXDIM = (1.5, 1.5, 2.0)
@@ -24,7 +24,7 @@ def preprocessing(label_key: str | None = None) -> list:
         EnsureChannelFirstd(keys=keys),
         CheckCTVolumed(keys="image"),
         Orientationd(keys=keys, axcodes="RAS"),
-        spacing(PIXDIM, label_key),
+        *resampling(PIXDIM, label_key),
         ScaleIntensityRanged(keys="image", a_min=HU_WINDOW[0], a_max=HU_WINDOW[1], b_min=0.0, b_max=1.0, clip=True),
         EnsureTyped(keys=keys),
     ]

@@ -17,7 +17,7 @@ from monai.transforms import (
     ScaleIntensityRanged,
 )
 
-from lib.pipelines.spacing import image_and_label, spacing
+from lib.pipelines.spacing import image_and_label, resampling
 from lib.transforms.validate import CheckCTVolumed
 
 
@@ -30,7 +30,7 @@ def preprocessing(
         EnsureChannelFirstd(keys=keys),
         CheckCTVolumed(keys="image"),
         EnsureTyped(keys=keys, device=device, track_meta=True),
-        spacing(pixdim, label_key),  # labels inverted by index
+        *resampling(pixdim, label_key),  # labels inverted by index
         CropForegroundd(keys=keys, source_key="image", margin=margin, allow_smaller=True),
         ScaleIntensityRanged(keys="image", a_min=hu_window[0], a_max=hu_window[1], b_min=0.0, b_max=1.0, clip=True),
         Orientationd(keys=keys, axcodes="RAS"),

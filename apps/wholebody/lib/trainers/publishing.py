@@ -16,7 +16,7 @@ from monailabel.tasks.train.basic_train import BasicTrainTask, Context
 
 from lib.acceleration.cpu_memory import reusing_freed_memory
 from lib.trainers import params
-from lib.trainers.skipped_studies import SkippedStudies, SkippingDataset
+from lib.trainers.skipped_studies import NoStudyToTrainError, SkippedStudies, SkippingDataset
 
 
 class PublishingTrainTask(BasicTrainTask):
@@ -43,7 +43,14 @@ class PublishingTrainTask(BasicTrainTask):
 
     def train(self, rank, world_size, request, datalist):
         self._skipped = SkippedStudies()
-        return super().train(rank, world_size, request, datalist)
+        try:
+            return super().train(rank, world_size, request, datalist)
+        except Exception as e:
+            # ThreadDataLoader reads in a thread of its own: a dataset's error ends the epoch without items, and
+            # what the run reports is some later failure on no data.
+            if self._skipped.nothing_left:
+                raise NoStudyToTrainError(f"no study could be read for training: {self._skipped}") from e
+            raise
 
     def image_id(self, item: dict[str, Any]) -> str:
         """The study of a datalist item, as the train stats name it."""
@@ -66,7 +73,7 @@ class PublishingTrainTask(BasicTrainTask):
             dataset = PersistentDataset(datalist, transforms, cache_dir=os.path.join(context.cache_dir, "pds"))
         else:
             dataset = Dataset(datalist, transforms)
-        return SkippingDataset(dataset, [self.image_id(item) for item in datalist], self._skipped), datalist
+        return SkippingDataset(dataset, datalist, self.image_id, self._skipped), datalist
 
     def finalize(self, context: Context):
         super().finalize(context)

@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import re
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from torch.utils.data import Dataset
 
@@ -35,10 +35,18 @@ class SkippedStudies:
 
     def __init__(self):
         self.reasons: dict[str, str] = {}
+        self.nothing_left = False  # every study of a dataset failed
 
-    def add(self, image_id: str, error: BaseException) -> None:
+    def __str__(self) -> str:
+        return "; ".join(f"'{image_id}': {text}" for image_id, text in self.reasons.items())
+
+    def add(self, image_id: str, error: BaseException, folders: Sequence[str] = ()) -> None:
+        """``folders``: where the study's files are, left out of the reason (the stats are shown to clients)."""
         if image_id not in self.reasons:
-            self.reasons[image_id] = reason(error)
+            text = reason(error)
+            for folder in folders:
+                text = text.replace(folder.rstrip(os.sep) + os.sep, "")
+            self.reasons[image_id] = text
             logger.warning(f"training skips study '{image_id}': {self.reasons[image_id]}")
 
     def as_stats(self) -> list[dict[str, str]]:
@@ -74,13 +82,14 @@ def reason(error: BaseException) -> str:
 class SkippingDataset(Dataset):
     """``dataset`` with failing items replaced by the next item that loads (see the module docstring).
 
-    ``image_ids``: the study of each item, for ``skipped``. Raises ``NoStudyToTrainError`` naming every
-    study and reason when no item loads.
+    ``datalist``: the dataset's items, ``image_id`` names the study of one for ``skipped``. Raises
+    ``NoStudyToTrainError`` naming every study and reason when no item loads.
     """
 
-    def __init__(self, dataset: Dataset, image_ids: Sequence[str], skipped: SkippedStudies):
+    def __init__(self, dataset: Dataset, datalist: Sequence[dict[str, Any]], image_id: Callable[[dict], str], skipped: SkippedStudies):
         self.dataset = dataset
-        self.image_ids = list(image_ids)
+        self.datalist = datalist
+        self.image_id = image_id
         self.skipped = skipped
         self.failed: set[int] = set()
 
@@ -97,6 +106,9 @@ class SkippingDataset(Dataset):
                 return self.dataset[i]
             except Exception as e:  # any failure of one study: it is reported, the others train
                 self.failed.add(i)
-                self.skipped.add(self.image_ids[i], e)
-        failures = "; ".join(f"'{s['image']}': {s['reason']}" for s in self.skipped.as_stats())
-        raise NoStudyToTrainError(f"no study could be read for training: {failures}")
+                item = self.datalist[i]
+                folders = [os.path.dirname(v) for k, v in item.items() if k in ("image", "label") and isinstance(v, str)]
+                self.skipped.add(self.image_id(item), e, folders)
+        # Raised in a loader's thread this may never reach the trainer: the trainer asks ``nothing_left``.
+        self.skipped.nothing_left = True
+        raise NoStudyToTrainError(f"no study could be read for training: {self.skipped}")
