@@ -107,7 +107,11 @@ class CTSegmentationTrainer(PublishingTrainTask):
         return {"train_mean_dice": MeanDice(output_transform=from_engine(["pred", "label"]), include_background=False)}
 
     def train_post_transforms(self, context: Context):
-        return [AsDiscreted(keys=("pred", "label"), argmax=(True, False), to_onehot=(self.num_classes, self.num_classes))]
+        return [AsDiscreted(keys="pred", argmax=True, to_onehot=self.num_classes), self.label_onehot()]
+
+    def label_onehot(self):
+        """The label as one channel per class, for the Dice metrics."""
+        return AsDiscreted(keys="label", to_onehot=self.num_classes)
 
     def val_post_transforms(self, context: Context):
         return self.train_post_transforms(context)

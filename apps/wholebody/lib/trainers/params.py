@@ -50,6 +50,11 @@ def text(value: Any, name: str) -> str:
     return value
 
 
+def optional(parse: Parser) -> Parser:
+    """``parse``, or None (JSON null)."""
+    return lambda value, name: None if value is None else parse(value, name)
+
+
 def chosen(value: Any) -> Any:
     """A choice as Slicer sends it back (the options, chosen first) -> the chosen one."""
     return value[0] if isinstance(value, (list, tuple)) and value else value
@@ -110,6 +115,8 @@ def parsed_by(parse: Callable[[Any], Any]) -> Parser:
 # trainer's config.
 MONAI_LABEL_PARAMS: dict[str, Parser] = {
     "model": text,
+    "client_id": optional(text),  # the Slicer module's client adds it to every request
+    "local_rank": integer(minimum=0),  # the training process sets it (monailabel/interfaces/utils/app.py)
     "name": run_name,
     "pretrained": boolean,
     "device": device,

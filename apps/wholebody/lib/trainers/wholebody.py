@@ -73,4 +73,4 @@ class WholeBodySegmentation(CTSegmentationTrainer):
 
     def val_post_transforms(self, context):
         # The inferer answers labels, as inference does (argmax of the blended logits).
-        return [AsDiscreted(keys=("pred", "label"), to_onehot=(self.num_classes, self.num_classes))]
+        return [AsDiscreted(keys="pred", to_onehot=self.num_classes), self.label_onehot()]
