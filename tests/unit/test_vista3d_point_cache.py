@@ -11,7 +11,6 @@ byte accounting) use a tiny VISTA3D built from the same monai classes, which run
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -28,14 +27,13 @@ from monai.inferers import SlidingWindowInfererAdapt  # noqa: E402
 from monai.networks.nets import SegResNetDS2, vista3d132  # noqa: E402
 from monai.networks.nets.vista3d import VISTA3D, ClassMappingClassify, PointMappingSAM  # noqa: E402
 
+from conftest import CT  # noqa: E402
 from lib.vista3d.point_inferer import CachedPointWindowInferer, tensor_digest, transform_points  # noqa: E402
 
-CT = "/work/shared/data/ct/example_ct_sm.nii.gz"
 HU_RANGE = (-963.8247715525971, 1053.678477684517)
 ROI = (128, 128, 128)
 ROI_SMALL = (32, 32, 32)
 
-needs_ct = pytest.mark.skipif(not os.path.exists(CT), reason="shared CT not mounted")
 
 
 def same(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -85,8 +83,6 @@ def net():
 @pytest.fixture(scope="module")
 def image():
     """The shared CT through the bundle's preprocessing, cut to 112x96x59 (<= 128^3): [1, 1, H, W, D]."""
-    if not os.path.exists(CT):
-        pytest.skip("shared CT not mounted")
     from monai.transforms import (
         CastToTyped,
         Compose,
@@ -109,7 +105,7 @@ def image():
             CastToTyped("image", dtype=torch.float32),
         ]
     )
-    full = pre({"image": CT})["image"]  # [1, 243, 199, 59]
+    full = pre({"image": str(CT)})["image"]  # [1, 243, 199, 59]
     crop = full[None][..., 60:172, 50:146, :].clone()
     assert tuple(crop.shape) == (1, 1, 112, 96, 59)
     assert 0.2 < float(crop.mean()) < 0.8  # body, not air
@@ -154,7 +150,6 @@ def clicks(net, image):
 
 
 # ------------------------------------------------------------------ real vista3d132, 128^3, one window
-@needs_ct
 def test_first_click_equals_uncached(clicks, image):
     out, ref = clicks["out1"], clicks["ref1"]
     assert clicks["stats1"]["encoder_runs"] == 1 and clicks["stats1"]["cache_misses"] == 1
@@ -166,7 +161,6 @@ def test_first_click_equals_uncached(clicks, image):
     assert 0.01 < fg < 0.99, fg  # the random network's answer varies: the comparison means something
 
 
-@needs_ct
 def test_repeat_click_reuses_the_encoder(clicks):
     s1, s2 = clicks["stats1"], clicks["stats2"]
     assert s2["encoder_runs"] == s1["encoder_runs"] == 1
@@ -177,7 +171,6 @@ def test_repeat_click_reuses_the_encoder(clicks):
     assert torch.equal(clicks["cached_embedding"], clicks["net_embedding"])
 
 
-@needs_ct
 def test_repeat_click_changes_the_result_and_equals_uncached(clicks):
     out1, out2, ref2 = clicks["out1"], clicks["out2"], clicks["ref2"]
     assert (out1 != out2).any()
@@ -186,7 +179,6 @@ def test_repeat_click_changes_the_result_and_equals_uncached(clicks):
 
 
 # ------------------------------------------------------------------ real vista3d132, 32^3 windows
-@needs_ct
 def test_changed_image_key_or_content_or_weights_recomputes(net, image, one_thread):
     inf = CachedPointWindowInferer(roi_size=ROI_SMALL, cache_bytes=1 << 28)
     p, l_ = pts((56, 48, 30)), lbl(1)
@@ -217,7 +209,6 @@ def test_changed_image_key_or_content_or_weights_recomputes(net, image, one_thre
     assert inf.encoder_runs == 6 and same(f, a1)
 
 
-@needs_ct
 def test_lru_eviction_with_a_small_byte_bound(net, image, one_thread):
     window_bytes = 48 * 32**3 * 4  # point-branch embedding of one 32^3 window, float32
     inf = CachedPointWindowInferer(roi_size=ROI_SMALL, cache_bytes=int(2.5 * window_bytes))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "apps" / "wholebody"))
 
+from conftest import VISTA3D_CLASSES  # noqa: E402
 from lib.vista3d.prompts import (  # noqa: E402
     AUTO_UNSUPPORTED,
     CLASSES,
@@ -26,7 +26,6 @@ from lib.vista3d.prompts import (  # noqa: E402
     resolve_prompts,
 )
 
-SHARED_TABLE = "/work/shared/data/labels/vista3d_classes.json"
 SHAPE = (122, 101, 30)
 
 
@@ -41,9 +40,8 @@ def error_of(*args, **kwargs) -> str:
 
 
 # ---------------------------------------------------------------- table, everything, subclasses
-@pytest.mark.skipif(not os.path.exists(SHARED_TABLE), reason="shared data not mounted")
 def test_app_table_is_an_exact_copy_of_the_shared_one():
-    assert Path(CLASSES_JSON).read_bytes() == Path(SHARED_TABLE).read_bytes()
+    assert Path(CLASSES_JSON).read_bytes() == VISTA3D_CLASSES.read_bytes()
 
 
 def test_class_table():
