@@ -41,16 +41,6 @@ def pytest_runtest_setup(item):
         pytest.fail(f"shared test data missing: {missing}; the tests need ../shared/data beside the clone", pytrace=False)
 
 
-def same(a, b) -> bool:
-    """Bitwise equality of two tensors (MetaTensors compared by their data), NaN == NaN."""
-    import torch
-
-    a, b = (t.as_tensor() if hasattr(t, "as_tensor") else torch.as_tensor(t) for t in (a, b))
-    if a.shape != b.shape or not torch.equal(torch.isnan(a), torch.isnan(b)):
-        return False
-    return torch.equal(torch.nan_to_num(a, nan=0.0), torch.nan_to_num(b, nan=0.0))
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -23,7 +23,7 @@ from monai.inferers import SlidingWindowInfererAdapt  # noqa: E402
 from monai.networks.nets import SegResNetDS2  # noqa: E402
 from monai.networks.nets.vista3d import VISTA3D, ClassMappingClassify, PointMappingSAM  # noqa: E402
 
-from conftest import CT, SEG, same  # noqa: E402
+from conftest import CT, SEG  # noqa: E402
 from lib.vista3d.grid_inferer import GridPointWindowInferer, grid_window  # noqa: E402
 from lib.infers.vista3d import parse_label_prompt  # noqa: E402
 from lib.trainers.vista3d import MapLabelsd, parse_patch_size  # noqa: E402
@@ -174,6 +174,14 @@ def tiny_vista(seed: int = 0) -> VISTA3D:
         ClassMappingClassify(n_classes=512, feature_size=f, use_mlp=True),
         PointMappingSAM(feature_size=f, n_classes=512, last_supported=132),
     ).eval()
+
+
+def same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    a = a.as_tensor() if isinstance(a, MetaTensor) else a
+    b = b.as_tensor() if isinstance(b, MetaTensor) else b
+    if a.shape != b.shape or not torch.equal(torch.isnan(a), torch.isnan(b)):
+        return False
+    return torch.equal(torch.nan_to_num(a, nan=0.0), torch.nan_to_num(b, nan=0.0))
 
 
 def pts(*xyz):

@@ -27,13 +27,22 @@ from monai.inferers import SlidingWindowInfererAdapt  # noqa: E402
 from monai.networks.nets import SegResNetDS2, vista3d132  # noqa: E402
 from monai.networks.nets.vista3d import VISTA3D, ClassMappingClassify, PointMappingSAM  # noqa: E402
 
-from conftest import CT, same  # noqa: E402
+from conftest import CT  # noqa: E402
 from lib.vista3d.point_inferer import CachedPointWindowInferer, tensor_digest, transform_points  # noqa: E402
 
 HU_RANGE = (-963.8247715525971, 1053.678477684517)
 ROI = (128, 128, 128)
 ROI_SMALL = (32, 32, 32)
 
+
+
+def same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bitwise equality, NaN == NaN."""
+    a = a.as_tensor() if isinstance(a, MetaTensor) else a
+    b = b.as_tensor() if isinstance(b, MetaTensor) else b
+    if a.shape != b.shape or not torch.equal(torch.isnan(a), torch.isnan(b)):
+        return False
+    return torch.equal(torch.nan_to_num(a, nan=0.0), torch.nan_to_num(b, nan=0.0))
 
 
 def reference(net, image, roi, points, labels, **kwargs):
