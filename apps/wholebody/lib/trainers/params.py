@@ -143,4 +143,3 @@ def checked(request: Mapping[str, Any], params: Mapping[str, Parser]) -> dict[st
     if unknown:
         raise ConfError(f"unknown training parameter(s) {unknown}; this trainer takes: {', '.join(sorted(params))}")
     return {key: params[key](value, key) for key, value in request.items()}
-

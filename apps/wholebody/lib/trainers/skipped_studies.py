@@ -1,9 +1,9 @@
 """Studies that fail in training are skipped, named with the reason in the train stats, and the run goes on.
 
-A label can still break training after the checks at save time: a file damaged on disk, a label saved
-before those checks existed, a transform that fails on one study's content (``RandCropByPosNegLabeld``
-on a label that does not match its image). MONAI's datasets have no skip, and one such study used to
-end every run ``ERROR`` without naming it. ``SkippingDataset`` wraps the dataset a trainer reads: an
+A study can still break training after the checks at save time: a file damaged on disk, a label saved
+before those checks existed or put into the studies folder by hand, a transform that fails on one
+study's content (``RandCropByPosNegLabeld`` with nothing to sample). MONAI's datasets have no skip, and
+one such study used to end every run ``ERROR`` without naming it. ``SkippingDataset`` wraps the dataset a trainer reads: an
 item whose loading or transforms raise is recorded once (image id, reason) and the next good item is
 returned in its place, so the epoch keeps its length. Chosen over a check pass before training, which
 would read and resample every study one more time and still miss failures of random transforms.
