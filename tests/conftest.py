@@ -1,4 +1,8 @@
-"""Shared fixtures: paths, the app on sys.path, and real MONAI Label servers on 127.0.0.1."""
+"""Shared fixtures: paths, the app on sys.path, and real MONAI Label servers on 127.0.0.1.
+
+Shared data (the CT and labels in ../shared/data, never copied into the project) has one policy: a test
+never skips for lack of it; every test fails, saying which files are missing and where they belong.
+"""
 
 from __future__ import annotations
 
@@ -19,8 +23,22 @@ ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "apps" / "wholebody"
 SHARED = ROOT.parent / "shared" / "data"
 CT = SHARED / "ct" / "example_ct_sm.nii.gz"
+SEG = SHARED / "ct" / "example_ct_sm_totalseg_v2.nii.gz"  # TotalSegmentator v2 labels of CT
+CHANNELS = SHARED / "labels" / "wholebody_bundle_channels.json"
+VISTA3D_CLASSES = SHARED / "labels" / "vista3d_classes.json"
+TOTALSEGMENTATOR_CLASSES = SHARED / "labels" / "totalsegmentator_classes.json"
+PACS_SERIES = SHARED / "ct" / "example_ct_dicom_pacs"
+PACS_SERIES_SEG = SHARED / "ct" / "example_ct_dicom_totalseg_v2.nii.gz"  # TotalSegmentator v2 labels of PACS_SERIES
+DICOM_SERIES = SHARED / "ct" / "example_ct_dicom"
+SHARED_FILES = (CT, SEG, CHANNELS, VISTA3D_CLASSES, TOTALSEGMENTATOR_CLASSES, PACS_SERIES, PACS_SERIES_SEG, DICOM_SERIES)
 
 sys.path.insert(0, str(APP))
+
+
+def pytest_runtest_setup(item):
+    missing = [str(path) for path in SHARED_FILES if not path.exists()]
+    if missing:
+        pytest.fail(f"shared test data missing: {missing}; the tests need ../shared/data beside the clone", pytrace=False)
 
 
 def free_port() -> int:
@@ -141,7 +159,6 @@ def ct_study(tmp_path) -> Path:
 # ----------------------------------------------------------------------------- hospital set-up
 # A DICOMweb PACS (Orthanc + DICOMweb plugin) of the test's own; scripts/pacs.py is the same
 # tool the README uses to start and fill one by hand.
-PACS_SERIES = SHARED / "ct" / "example_ct_dicom_pacs"
 
 
 @pytest.fixture(scope="session")

@@ -15,9 +15,9 @@ APP_DIR = Path(__file__).resolve().parents[2] / "apps" / "wholebody"
 if str(APP_DIR) not in sys.path:
     sys.path.insert(0, str(APP_DIR))
 
+from conftest import CHANNELS  # noqa: E402
 from lib.phantom import LABELS, PHANTOM_NAME, VERTEBRA_LABELS, make_phantom, write_phantom  # noqa: E402
 
-CHANNELS = Path(__file__).resolve().parents[3] / "shared" / "data" / "labels" / "wholebody_bundle_channels.json"
 
 HU_RANGES = {
     "liver": (50, 70),
@@ -46,7 +46,6 @@ def test_types_and_affine(phantom):
     np.testing.assert_allclose(np.diag(phantom.affine)[:3], 3.0)
 
 
-@pytest.mark.skipif(not CHANNELS.exists(), reason="shared label table not available")
 def test_label_indices_match_bundle_channels():
     channels = json.loads(CHANNELS.read_text())
     for name, index in {**LABELS, **VERTEBRA_LABELS}.items():

@@ -14,7 +14,7 @@ import nrrd
 import numpy as np
 import pytest
 import torch
-from monai.transforms import Compose
+from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 
 from conftest import CT
 from lib.datastore.local import CheckedLocalDatastore
@@ -81,8 +81,6 @@ def trainer_args(tmp_path, name):
         network_factory=lambda: torch.nn.Identity(),
         labels=wholebody_labels(),
         checkpoints={True: [str(tmp_path / "none.pt")], False: [str(tmp_path / "none.pt")]},
-        pixdim={True: (1.5, 1.5, 1.5), False: (3.0, 3.0, 3.0)},
-        roi_size=(32, 32, 16),
         highres=False,
         max_epochs=1,
         val_split=0.0,
@@ -125,11 +123,14 @@ def test_spleen_trains_only_the_spleen(study, tmp_path):
     args = trainer_args(tmp_path, "spleen")
     trainer = SpleenSegmentation(
         model_dir=args["model_dir"], network_factory=args["network_factory"], labels={"spleen": 1}, paths=[str(tmp_path / "none.pt")],
-        pixdim=(3.0, 3.0, 3.0), hu_window=(-57, 164), roi_size=(32, 32, 16), max_epochs=1, val_split=0.0,
+        max_epochs=1, val_split=0.0,
     )
-    label = trained_labels(trainer, store)
+    # Spleen resamples to 1.5 x 1.5 x 2 mm: check the mapping on the saved grid, and that resampling keeps it.
+    item = trainer.pre_process({}, store)[0]
+    label = Compose([LoadImaged(keys="label"), EnsureChannelFirstd(keys="label"), trainer.partial_labels()])(dict(item))["label"]
     assert channel_at(label, SPLEEN) == {1}
     assert channel_at(label, LIVER) == channel_at(label, KIDNEY) == {0}
+    assert set(torch.unique(trained_labels(trainer, store)).long().tolist()) == {0, 1}
 
 
 def test_structure_head_learns_only_new_structures(study, tmp_path):
@@ -159,7 +160,7 @@ def test_vista3d_maps_names_to_its_global_classes(study, tmp_path):
         model_dir=str(model_dir / "train" / "vista3d"), network_factory=lambda: torch.nn.Identity(),
         checkpoint=OfficialCheckpoint("vista3d", str(model_dir), Conf({"download_weights": "false"}), str(model_dir / "vista3d.pt")),
         classes_path=str(model_dir / "vista3d_classes.json"), pixdim=(3.0, 3.0, 3.0), hu_window=(-963.8, 1053.7),
-        crop_margin=10, patch_size=(32, 32, 32), max_epochs=1, val_split=0.0,
+        crop_margin=10, roi_size=(32, 32, 32), overlap=0.25, max_epochs=1, val_split=0.0,
     )
     trainer._run = {"label_mapping": None, "learned": {}, "new_classes": {}}
     items = trainer.pre_process({}, store)

@@ -11,12 +11,12 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import CT
 from monai.apps.vista3d.inferer import point_based_window_inferer
 from monai.data import MetaTensor
 from monai.inferers import SlidingWindowInfererAdapt
 from vista3d_testing import pts, same, tiny_vista3d
 
+from conftest import CT
 from lib.infers.vista3d import parse_label_prompt
 from lib.labels.saved import Segment
 from lib.trainers.vista3d import MapLabelsd, parse_patch_size
@@ -286,7 +286,6 @@ def test_file_identity_changes_when_the_file_is_rewritten(tmp_path):
 SEG = CT.parent / "example_ct_sm_totalseg_v2.nii.gz"
 
 
-@pytest.mark.skipif(not CT.exists(), reason="shared CT not mounted")
 @pytest.mark.parametrize("val_split", [0.0, 0.5])
 def test_trainer_maps_labels_trains_validates_and_publishes(tmp_path, val_split):
     """The whole MONAI Label training run (prompt sampling, loss, validation, publishing) with a tiny VISTA3D:
@@ -295,8 +294,8 @@ def test_trainer_maps_labels_trains_validates_and_publishes(tmp_path, val_split)
     from monailabel.datastore.local import LocalDatastore
 
     from lib.conf import Conf
-    from lib.weights.official import OfficialCheckpoint
     from lib.trainers.vista3d import Vista3DTrainer
+    from lib.weights.official import OfficialCheckpoint
 
     studies, model_dir = tmp_path / "studies", tmp_path / "model"
     studies.mkdir()
@@ -326,7 +325,8 @@ def test_trainer_maps_labels_trains_validates_and_publishes(tmp_path, val_split)
         pixdim=(1.5, 1.5, 1.5),
         hu_window=(-963.8247715525971, 1053.678477684517),
         crop_margin=10,
-        patch_size=(128, 128, 128),
+        roi_size=(128, 128, 128),
+        overlap=0.25,
         max_epochs=2,
         val_split=0.2,
     )

@@ -11,25 +11,23 @@ byte accounting) use a tiny VISTA3D built from the same monai classes, which run
 
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
 import torch
-from conftest import CT
 from monai.apps.vista3d.inferer import point_based_window_inferer
 from monai.data import MetaTensor
 from monai.inferers import SlidingWindowInfererAdapt
 from monai.networks.nets import vista3d132
 from vista3d_testing import pts, same, tiny_vista3d
 
+from conftest import CT
 from lib.vista3d.point_inferer import CachedPointWindowInferer, tensor_digest, transform_points
 
 HU_RANGE = (-963.8247715525971, 1053.678477684517)
 ROI = (128, 128, 128)
 ROI_SMALL = (32, 32, 32)
 
-needs_ct = pytest.mark.skipif(not os.path.exists(CT), reason="shared CT not mounted")
 
 
 def reference(net, image, roi, points, labels, **kwargs):
@@ -66,8 +64,6 @@ def net():
 @pytest.fixture(scope="module")
 def image():
     """The shared CT through the bundle's preprocessing, cut to 112x96x59 (<= 128^3): [1, 1, H, W, D]."""
-    if not os.path.exists(CT):
-        pytest.skip("shared CT not mounted")
     from monai.transforms import (
         CastToTyped,
         Compose,
@@ -135,7 +131,6 @@ def clicks(net, image):
 
 
 # ------------------------------------------------------------------ real vista3d132, 128^3, one window
-@needs_ct
 def test_first_click_equals_uncached(clicks, image):
     out, ref = clicks["out1"], clicks["ref1"]
     assert clicks["stats1"]["encoder_runs"] == 1 and clicks["stats1"]["cache_misses"] == 1
@@ -147,7 +142,6 @@ def test_first_click_equals_uncached(clicks, image):
     assert 0.01 < fg < 0.99, fg  # the random network's answer varies: the comparison means something
 
 
-@needs_ct
 def test_repeat_click_reuses_the_encoder(clicks):
     s1, s2 = clicks["stats1"], clicks["stats2"]
     assert s2["encoder_runs"] == s1["encoder_runs"] == 1
@@ -158,7 +152,6 @@ def test_repeat_click_reuses_the_encoder(clicks):
     assert torch.equal(clicks["cached_embedding"], clicks["net_embedding"])
 
 
-@needs_ct
 def test_repeat_click_changes_the_result_and_equals_uncached(clicks):
     out1, out2, ref2 = clicks["out1"], clicks["out2"], clicks["ref2"]
     assert (out1 != out2).any()
@@ -167,7 +160,6 @@ def test_repeat_click_changes_the_result_and_equals_uncached(clicks):
 
 
 # ------------------------------------------------------------------ real vista3d132, 32^3 windows
-@needs_ct
 def test_changed_image_key_or_content_or_weights_recomputes(net, image, one_thread):
     inf = CachedPointWindowInferer(roi_size=ROI_SMALL, cache_bytes=1 << 28)
     p, l_ = pts((56, 48, 30)), lbl(1)
@@ -198,7 +190,6 @@ def test_changed_image_key_or_content_or_weights_recomputes(net, image, one_thre
     assert inf.encoder_runs == 6 and same(f, a1)
 
 
-@needs_ct
 def test_lru_eviction_with_a_small_byte_bound(net, image, one_thread):
     window_bytes = 48 * 32**3 * 4  # point-branch embedding of one 32^3 window, float32
     inf = CachedPointWindowInferer(roi_size=ROI_SMALL, cache_bytes=int(2.5 * window_bytes))

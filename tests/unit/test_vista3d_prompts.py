@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import VISTA3D_CLASSES
 from lib.vista3d.prompts import (
     AUTO_UNSUPPORTED,
     CLASSES,
@@ -22,7 +22,6 @@ from lib.vista3d.prompts import (
     resolve_prompts,
 )
 
-SHARED_TABLE = "/work/shared/data/labels/vista3d_classes.json"
 SHAPE = (122, 101, 30)
 
 
@@ -37,9 +36,8 @@ def error_of(*args, **kwargs) -> str:
 
 
 # ---------------------------------------------------------------- table, everything, subclasses
-@pytest.mark.skipif(not os.path.exists(SHARED_TABLE), reason="shared data not mounted")
 def test_app_table_is_an_exact_copy_of_the_shared_one():
-    assert Path(CLASSES_JSON).read_bytes() == Path(SHARED_TABLE).read_bytes()
+    assert Path(CLASSES_JSON).read_bytes() == VISTA3D_CLASSES.read_bytes()
 
 
 def test_class_table():

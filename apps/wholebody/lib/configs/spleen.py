@@ -1,4 +1,4 @@
-"""Config of ``spleen``: the constants its infer and train tasks share."""
+"""Config of ``spleen``: what its infer and train tasks share (the pipeline's constants are lib/pipelines/spleen.py's)."""
 
 from __future__ import annotations
 
@@ -13,12 +13,6 @@ from lib.conf import Conf
 from lib.labels import SPLEEN_LABELS
 from lib.networks import spleen_unet
 from lib.weights.official import OfficialCheckpoint
-
-PIXDIM = (1.5, 1.5, 2.0)
-HU_WINDOW = (-57.0, 164.0)
-ROI_SIZE = (96, 96, 96)
-OVERLAP = 0.5
-SW_BATCH_SIZE = 4
 
 
 class SpleenSegmentation(TaskConfig):
@@ -41,11 +35,6 @@ class SpleenSegmentation(TaskConfig):
             network_factory=spleen_unet,
             labels=self.labels,
             paths=self.checkpoint.paths,
-            pixdim=PIXDIM,
-            hu_window=HU_WINDOW,
-            roi_size=ROI_SIZE,
-            overlap=OVERLAP,
-            sw_batch_size=SW_BATCH_SIZE,
             weights=self.weights,
             trt_precision=self.trt_precision,
             channels_last=self.channels_last,
@@ -57,9 +46,6 @@ class SpleenSegmentation(TaskConfig):
             network_factory=spleen_unet,
             labels=self.labels,
             paths=self.checkpoint.paths,
-            pixdim=PIXDIM,
-            hu_window=HU_WINDOW,
-            roi_size=ROI_SIZE,
             max_epochs=self.max_epochs,
             val_split=self.val_split,
         )

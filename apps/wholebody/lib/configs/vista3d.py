@@ -83,7 +83,8 @@ class Vista3D(TaskConfig):
             pixdim=self.pixdim,
             hu_window=HU_WINDOW,
             crop_margin=CROP_MARGIN,
-            patch_size=ROI_SIZE,
+            roi_size=ROI_SIZE,
+            overlap=SW_OVERLAP,
             max_epochs=self.max_epochs,
             val_split=self.val_split,
         )

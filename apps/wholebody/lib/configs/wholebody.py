@@ -17,7 +17,7 @@ from lib.heads.merge import OVERLAP_RULES
 from lib.heads.store import HeadStore
 from lib.labels import wholebody_labels
 from lib.networks import wholebody_segresnet
-from lib.pipelines.wholebody import OVERLAP, PIXDIM, ROI_SIZE
+from lib.pipelines.wholebody import PIXDIM
 from lib.weights.official import OfficialCheckpoint
 
 
@@ -59,9 +59,6 @@ class WholeBodySegmentation(TaskConfig):
             network_factory=wholebody_segresnet,
             labels=self.labels,
             checkpoints={res: c.paths for res, c in self.checkpoints.items()},
-            pixdim=PIXDIM,
-            roi_size=ROI_SIZE,
-            overlap=OVERLAP,
             highres=self.highres,
             weights=self.weights,
             heads=self.heads,
@@ -76,8 +73,6 @@ class WholeBodySegmentation(TaskConfig):
             network_factory=wholebody_segresnet,
             labels=self.labels,
             checkpoints={res: c.paths for res, c in self.checkpoints.items()},
-            pixdim=PIXDIM,
-            roi_size=ROI_SIZE,
             highres=self.highres,
             max_epochs=self.max_epochs,
             val_split=self.val_split,

@@ -11,15 +11,12 @@ import nrrd
 import numpy as np
 import torch
 
+from lib.transforms.label_grid import on_same_grid
 from lib.transforms.validate import InvalidImageError, check_ct_volume
 
 NIFTI = (".nii", ".nii.gz")
 NRRD = (".seg.nrrd", ".nrrd")
 SUPPORTED = NIFTI + NRRD
-
-#: how far (in voxels of the image) a label's grid may lie from the image's: rounding in the
-#: headers, never a real shift (a label is never resampled)
-GRID_TOLERANCE_VOXELS = 0.1
 
 # NRRD spaces -> sign flips to RAS (what NIfTI and MONAI's readers use).
 _TO_RAS = {
@@ -139,12 +136,7 @@ def check_ct_file(path: str) -> ImageHeader:
 
 
 def same_grid(label: ImageHeader, image: ImageHeader) -> bool:
-    """Same shape, and every corner of the label's grid within ``GRID_TOLERANCE_VOXELS`` of the image's."""
-    if label.shape != image.shape:
-        return False
-    corners = np.array([[i, j, k, 1] for i in (0, image.shape[0] - 1) for j in (0, image.shape[1] - 1) for k in (0, image.shape[2] - 1)], dtype=float)
-    distance = np.linalg.norm((corners @ label.affine.T - corners @ image.affine.T)[:, :3], axis=1).max()
-    return bool(distance <= GRID_TOLERANCE_VOXELS * min(image.spacing))
+    return on_same_grid(label.shape, label.affine, image.shape, image.affine)
 
 
 def check_label_file(path: str, image: ImageHeader, max_value: int = 255) -> tuple[ImageHeader, np.ndarray]:

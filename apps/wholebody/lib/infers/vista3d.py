@@ -1,7 +1,7 @@
 """``vista3d``: automatic segmentation by class prompts (VISTA3D, MONAI bundle ``vista3d``), and the
 base class it shares with ``vista3d_point``.
 
-The pipeline is the bundle's ``inference.json``: preprocessing (``lib.vista3d.runtime.preprocessing``),
+The pipeline is the bundle's ``inference.json``: preprocessing (``lib.pipelines.vista3d.preprocessing``),
 the class head over a sliding window (``SlidingWindowInfererAdapt``, 128^3, replicate padding, as the
 bundle's ``scripts/inferer.py``), ``VistaPostTransformd`` and ``Invertd`` with nearest interpolation.
 Where the bundle writes 255 for voxels no window computed (NaN), the answer holds 0 (background).

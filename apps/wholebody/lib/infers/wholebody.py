@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -38,34 +38,22 @@ still adds to them, and keeps only uint8 labels.
 
     def __init__(
         self,
-        network_factory: Callable[[], torch.nn.Module],
-        labels: dict[str, int],
         checkpoints: dict[bool, Sequence[str]],
-        pixdim: dict[bool, Sequence[float]],
-        roi_size: Sequence[int],
-        overlap: float,
         highres: bool,
-        weights: Callable[[], dict[str, Any]],
         heads: HeadStore,
         head_overlap: str,
-        trt_precision: str | None = None,
-        channels_last: bool = True,
+        **task_args,
     ):
+        """``task_args``: those of ``CTSegmentationTask`` (network, labels, weights, acceleration)."""
         super().__init__(
-            network_factory=network_factory,
-            labels=labels,
             description="104 TotalSegmentator structures (SegResNet, MONAI wholeBody_ct_segmentation)",
-            weights=weights,
-            trt_precision=trt_precision,
-            channels_last=channels_last,
             # A list shows as a choice in Slicer's options; the first entry is the default.
-            config={"highres": highres, "sw_overlap": overlap, "heads": True, "head_overlap": _rules_from(head_overlap)},
+            config={"highres": highres, "sw_overlap": pipeline.OVERLAP, "heads": True, "head_overlap": _rules_from(head_overlap)},
             paths=[p for paths in checkpoints.values() for p in paths],
+            **task_args,
         )
-        self.base_labels = dict(labels)
+        self.base_labels = dict(self.labels)
         self.checkpoints = checkpoints
-        self.pixdim = pixdim
-        self.roi_size = roi_size
         self.head_store = heads
         self._fingerprints: dict[tuple[str | None, float], str] = {}
         self._headed: tuple[tuple, torch.nn.Module] | None = None
@@ -141,13 +129,13 @@ still adds to them, and keeps only uint8 labels.
         return self.checkpoints[self.highres(data)]
 
     def pre_transforms(self, data=None):
-        return pipeline.preprocessing(self.pixdim[self.highres(data)], data.get("device"))
+        return pipeline.preprocessing(pipeline.PIXDIM[self.highres(data)], data.get("device"))
 
     def inferer(self, data=None):
         overlap = as_float(data.get("sw_overlap", self._config["sw_overlap"]), "sw_overlap", 0.0, 0.9)
         heads = data.get(HEADS_KEY) or []
         merge = MergedArgmax(len(self.base_labels) + 1, [h["values"] for h in heads], data["head_overlap"]) if heads else None
-        return pipeline.inferer(self.roi_size, overlap, reduce=merge)
+        return pipeline.inferer(pipeline.ROI_SIZE, overlap, reduce=merge)
 
     def inverse_transforms(self, data=None):
         return None  # inverted in post_transforms with Invertd, as the bundle does

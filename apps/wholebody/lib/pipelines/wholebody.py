@@ -1,5 +1,7 @@
-"""The wholebody inference pipeline as plain MONAI pieces, apart from MONAI Label and file I/O,
-so benchmarks and tests run it on tensors and on machines without the server stack."""
+"""The wholebody pipeline as plain MONAI pieces, apart from MONAI Label and file I/O, so benchmarks and
+tests run it on tensors and on machines without the server stack. Inference and training (with its
+label, ``label_key``) build their preprocessing from ``preprocessing``, and validation infers as
+inference does."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from monai.transforms import (
 
 from lib.acceleration.cpu_memory import reusing_freed_memory
 from lib.inferers.streaming_argmax import StreamingArgmaxInferer
-from lib.transforms.index_inversion import IndexInvertibleSpacingd
+from lib.pipelines.spacing import image_and_label, resampling
 from lib.transforms.validate import CheckCTVolumed
 
 # The bundle's inference.json: highres (True) 1.5 mm model.pt, lowres 3 mm model_lowres.pt.
@@ -30,19 +32,20 @@ ROI_SIZE = (96, 96, 96)
 OVERLAP = 0.25
 
 
-def preprocessing(pixdim: Sequence[float], device: torch.device | str | None = None) -> list:
+def preprocessing(pixdim: Sequence[float], device: torch.device | str | None = None, label_key: str | None = None) -> list:
     """The bundle's preprocessing; on a GPU the volume moves there first, so resampling and
-    normalisation run on the device too."""
+    normalisation run on the device too. ``label_key``: a label resampled with the image (training)."""
+    keys = image_and_label(label_key)
     return [
-        LoadImaged(keys="image"),
-        EnsureTyped(keys="image", device=device, track_meta=True),
-        EnsureChannelFirstd(keys="image"),
+        LoadImaged(keys=keys),
+        EnsureTyped(keys=keys, device=device, track_meta=True),
+        EnsureChannelFirstd(keys=keys),
         CheckCTVolumed(keys="image"),
-        Orientationd(keys="image", axcodes="RAS"),
+        Orientationd(keys=keys, axcodes="RAS"),
         # Resampled in float64, Spacingd's default and the bundle's: in float32 a random-weight
         # model's near-tied logits flip on 3 % of voxels at 1.5 mm (measured on the shared CT).
         # Inverted on the labels by index: MONAI's result without its full-size float grid.
-        IndexInvertibleSpacingd(keys="image", pixdim=pixdim, mode="bilinear"),
+        *resampling(pixdim, label_key),
         NormalizeIntensityd(keys="image", nonzero=True),
         ScaleIntensityd(keys="image", minv=-1.0, maxv=1.0),
     ]

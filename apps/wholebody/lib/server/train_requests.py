@@ -1,24 +1,48 @@
 """Checks a training request in the server before MONAI Label starts a training process for it.
 
 Stock MONAI Label answers ``POST /train/{model}`` at once and runs the trainer in a subprocess, so
-a request that cannot be trained (a structure no saved label has, a clashing name) only shows as
-``ERROR`` in the training status. Trainers with a ``plan(request, datastore)`` method are asked
-first, and what they refuse is answered with a 4xx naming the problem.
+a request that cannot be trained (a parameter of the wrong type, a structure no saved label has, a
+clashing name) only shows as ``ERROR`` in the training status. Here a trainer's
+``checked_params(params)`` converts the parameters to their declared types and its
+``plan(params, datastore)`` (where it has one) checks what the run would train; what they refuse is
+answered with a 4xx naming the problem, and the process is started with the converted parameters.
 """
 
 from __future__ import annotations
 
 from monailabel.endpoints import train
 
+from lib.conf import ConfError
+
 
 def install(app) -> None:
     start = train.run_model
 
-    def run_model(model: str, params=None, run_sync=False, enqueue=False):
-        plan = getattr(app._trainers.get(model), "plan", None)
+    def checked(model: str, params) -> dict:
+        params = dict(params or {})
+        trainer = app._trainers.get(model)
+        if trainer is None:
+            return params  # MONAI Label answers an unknown model (404, main.py)
+        # MONAI Label lets a request's 'model' replace the route's: the process would train another model.
+        if params.get("model", model) != model:
+            raise ConfError(f"'model' in the parameters must be the trainer's name '{model}', got {params['model']!r}")
+        check = getattr(trainer, "checked_params", None)
+        if check:
+            params = check(params)
+        plan = getattr(trainer, "plan", None)
         if plan:
-            plan(dict(params or {}), app.datastore())
-        return start(model, params, run_sync, enqueue)
+            plan(params, app.datastore())
+        return params
 
-    # The route handler looks run_model up in its module on every call.
+    def run_model(model: str, params=None, run_sync=False, enqueue=False):
+        return start(model, checked(model, params), run_sync, enqueue)
+
+    def run(params=None, run_sync=False):
+        """``POST /train/`` (every trainer, one after the other), with each trainer's own parameters checked
+        first; stock MONAI Label also merged the whole ``{model: params}`` object into every request."""
+        requests = {model: checked(model, (params or {}).get(model)) for model in app._trainers}
+        return {model: {"result": train.run_model(model, request, run_sync, True), "detail": None} for model, request in requests.items()}
+
+    # The route handlers look these up in their module on every call.
     train.run_model = run_model
+    train.run = run

@@ -1,4 +1,4 @@
-"""What the CT segmentation trainers share: data from saved labels, partial labels, publishing."""
+"""What the CT segmentation trainers share: data from saved labels, partial labels, random patches, publishing."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from typing import Callable, Sequence
 
 import torch
 from monai.handlers import MeanDice, from_engine
-from monai.inferers import SlidingWindowInferer
 from monai.transforms import AsDiscreted, RandCropByPosNegLabeld, SpatialPadd
 from monailabel.tasks.train.basic_train import Context
 
@@ -18,7 +17,7 @@ from lib.labels.saved import Segment
 from lib.trainers.partial_label_loss import PartialLabelDiceCELoss
 from lib.trainers.per_class_dice import PerClassDice
 from lib.trainers.publishing import PublishingTrainTask
-from lib.transforms.partial_labels import LayersToMultiHotd
+from lib.transforms.partial_labels import LayersToMultiHotd, PartialLabelsd
 from lib.weights.checkpoints import load_state_dict, save_atomically
 
 logger = logging.getLogger(__name__)
@@ -38,7 +37,7 @@ class CTSegmentationTrainer(PublishingTrainTask):
         super().__init__(
             model_dir,
             description,
-            config={"max_epochs": max_epochs, "val_split": val_split, "tracking": ["None", "mlflow"]},
+            config={"max_epochs": max_epochs, "val_split": val_split},
             load_strict=True,
             labels=labels,
             tracking=None,
@@ -57,6 +56,11 @@ class CTSegmentationTrainer(PublishingTrainTask):
         self._publish_to = trained
         self._start_from = trained if os.path.exists(trained) else official
         return super().__call__(request, datastore)
+
+    def partial_labels(self) -> PartialLabelsd:
+        """A saved label's values -> this model's channels, by segment name (label handling after the
+        preprocessing the model shares with inference)."""
+        return PartialLabelsd(keys="label", channels=self._channels, num_classes=self.num_classes)
 
     def random_patches(self, image_threshold: float, image_pad_mode: str = "constant") -> list:
         """Pads short volumes (a few slices) to a full patch, then samples one patch, half of the
@@ -105,19 +109,17 @@ class CTSegmentationTrainer(PublishingTrainTask):
         return {"train_mean_dice": MeanDice(output_transform=from_engine(["pred", "label"]), include_background=False)}
 
     def train_post_transforms(self, context: Context):
-        return [
-            AsDiscreted(keys="pred", argmax=True, to_onehot=self.num_classes),
-            LayersToMultiHotd(keys="label", num_classes=self.num_classes),  # overlapping segments: several layers
-        ]
+        return [AsDiscreted(keys="pred", argmax=True, to_onehot=self.num_classes), self.label_onehot()]
+
+    def label_onehot(self):
+        """The label as one channel per class, for the Dice metrics (overlapping segments: several layers)."""
+        return LayersToMultiHotd(keys="label", num_classes=self.num_classes)
 
     def val_post_transforms(self, context: Context):
         return self.train_post_transforms(context)
 
     def val_handlers(self, context: Context):
         return [*super().val_handlers(context), PerClassDice(self._channels)]
-
-    def val_inferer(self, context: Context):
-        return SlidingWindowInferer(roi_size=self.roi_size, sw_batch_size=1, overlap=0.25)
 
     def _publish(self, context: Context) -> None:
         # The infer task reloads when the published file's mtime changes: write it atomically.

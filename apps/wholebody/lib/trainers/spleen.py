@@ -6,26 +6,14 @@ from typing import Callable, Sequence
 
 import torch
 from monai.optimizers import Novograd
-from monai.transforms import (
-    DivisiblePadd,
-    EnsureChannelFirstd,
-    EnsureTyped,
-    LoadImaged,
-    Orientationd,
-    ScaleIntensityRanged,
-    Spacingd,
-)
 
+from lib.pipelines import spleen as pipeline
 from lib.trainers.ct_segmentation import CTSegmentationTrainer
-from lib.transforms.partial_labels import PartialLabelsd
-
-# The UNet halves the resolution four times: inputs must be divisible by 16 or skip
-# connections do not line up ("Sizes of tensors must match" on short volumes).
-UNET_DIVISOR = 16
 
 
 class SpleenSegmentation(CTSegmentationTrainer):
-    """The bundle's recipe: DiceCE, Novograd lr 0.002, 96^3 patches."""
+    """The bundle's recipe: DiceCE, Novograd lr 0.002, 96^3 patches. Images are preprocessed as
+    inference does (lib/pipelines/spleen.py), and validation segments as inference does."""
 
     def __init__(
         self,
@@ -33,18 +21,13 @@ class SpleenSegmentation(CTSegmentationTrainer):
         network_factory: Callable[[], torch.nn.Module],
         labels: dict[str, int],
         paths: Sequence[str],
-        pixdim: Sequence[float],
-        hu_window: tuple[float, float],
-        roi_size: Sequence[int],
         max_epochs: int,
         val_split: float,
     ):
         super().__init__(
-            model_dir, network_factory, labels, "Train the spleen UNet on saved labels", max_epochs, val_split, roi_size
+            model_dir, network_factory, labels, "Train the spleen UNet on saved labels", max_epochs, val_split, pipeline.ROI_SIZE
         )
         self._paths = paths
-        self.pixdim = pixdim
-        self.hu_window = hu_window
 
     def paths(self, request):
         return self._paths
@@ -52,21 +35,14 @@ class SpleenSegmentation(CTSegmentationTrainer):
     def optimizer(self, context):
         return Novograd(context.network.parameters(), lr=0.002)
 
-    def _load(self):
-        return [
-            LoadImaged(keys=("image", "label")),
-            EnsureChannelFirstd(keys=("image", "label")),
-            Orientationd(keys=("image", "label"), axcodes="RAS"),
-            Spacingd(keys=("image", "label"), pixdim=self.pixdim, mode=("bilinear", "nearest"), dtype=(torch.float32, torch.float32)),
-            ScaleIntensityRanged(
-                keys="image", a_min=self.hu_window[0], a_max=self.hu_window[1], b_min=0.0, b_max=1.0, clip=True
-            ),
-            EnsureTyped(keys=("image", "label")),
-            PartialLabelsd(keys="label", channels=self._channels, num_classes=self.num_classes),
-        ]
+    def _preprocessing(self) -> list:
+        return [*pipeline.preprocessing(label_key="label"), self.partial_labels()]
 
     def train_pre_transforms(self, context):
-        return [*self._load(), *self.random_patches(image_threshold=0.0)]
+        return [*self._preprocessing(), *self.random_patches(image_threshold=0.0)]
 
     def val_pre_transforms(self, context):
-        return [*self._load(), DivisiblePadd(keys=("image", "label"), k=UNET_DIVISOR)]
+        return self._preprocessing()
+
+    def val_inferer(self, context):
+        return pipeline.inferer()

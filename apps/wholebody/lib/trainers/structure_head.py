@@ -20,11 +20,12 @@ from typing import Any
 
 import torch
 
-from lib.conf import as_bool, as_float
+from lib.conf import as_bool
 from lib.heads.network import HeadTrainingNetwork, StructureHead, encoder_fingerprint
 from lib.heads.store import HeadError, HeadRecord, HeadStore, check_head_name
 from lib.labels.names import BACKGROUND, NameResolver, name_key
 from lib.labels.saved import Segment, saved_segments
+from lib.trainers import params
 from lib.trainers.wholebody import WholeBodySegmentation
 from lib.weights.checkpoints import load_state_dict
 
@@ -32,6 +33,13 @@ logger = logging.getLogger(__name__)
 
 
 class StructureHeadTrainer(WholeBodySegmentation):
+    request_params = {
+        **WholeBodySegmentation.request_params,
+        "structures": params.names,
+        "head": params.text,
+        "learning_rate": params.number(0.0, 1.0),
+    }
+
     def __init__(self, heads: HeadStore, **wholebody_trainer_args):
         """``heads``: where heads are published; the rest as for the ``wholebody`` trainer."""
         super().__init__(**wholebody_trainer_args)
@@ -115,13 +123,9 @@ class StructureHeadTrainer(WholeBodySegmentation):
         return {i: saved_segments(datastore.get_label_info(i, "final") or {}) for i in datastore.get_labeled_images()}
 
     def __call__(self, request, datastore):
+        request = self.checked_params({**self._config, **request})
         run = self.plan(request, datastore)
-        req = {**self._config, **request}
-        self._run = {
-            **run,
-            "learning_rate": as_float(req["learning_rate"], "learning_rate", 0.0, 1.0),
-            "started": time.time(),
-        }
+        self._run = {**run, "learning_rate": request["learning_rate"], "started": time.time()}
         # The head's channels: background, then its structures in order (PartialLabelsd maps names to them).
         self._channels = {s: i + 1 for i, s in enumerate(run["structures"])}
         self.num_classes = 1 + len(run["structures"])

@@ -9,10 +9,12 @@
   ``monai.apps.vista3d.sampler.sample_prompt_pairs`` over ``[0] + mapped ids`` (``drop_label_prob`` /
   ``drop_point_prob``, 0.25 each, ``max_point`` 5), runs the network with both, and averages DiceCE
   (sigmoid, squared_pred) over the prompts; AdamW lr 1e-4 (train.json).
-* patches of ``patch_size`` (default 128^3; request param), resampled to ``--conf vista3d_spacing``.
-* with validation images: the class head over a sliding window, mean Dice over the mapped classes;
-  the best checkpoint is published. Without (one labelled image, ``val_split`` 0): the weights after
-  each epoch are.
+* images preprocessed as inference does (lib/pipelines/vista3d.py: ``--conf vista3d_spacing``, foreground
+  crop, HU window, RAS), the label resampled with them (nearest); patches of ``patch_size`` (default
+  128^3; request param).
+* with validation images: the class head over the inference sliding window (its window and overlap),
+  mean Dice over the mapped classes; the best checkpoint is published. Without (one labelled image,
+  ``val_split`` 0): the weights after each epoch are.
 
 Publishing writes ``<model_dir>/vista3d.pt`` atomically, then ``<model_dir>/vista3d_classes.json``
 with the learned names: the infer tasks pick both up on their next request.
@@ -35,31 +37,26 @@ from monai.inferers import Inferer, SlidingWindowInfererAdapt
 from monai.losses import DiceCELoss
 from monai.transforms import (
     AsDiscreted,
-    CastToTyped,
-    CropForegroundd,
-    EnsureTyped,
-    LoadImaged,
     MapTransform,
-    Orientationd,
     RandCropByPosNegLabeld,
     RandScaleIntensityd,
     RandShiftIntensityd,
     ResizeWithPadOrCropd,
-    ScaleIntensityRanged,
-    Spacingd,
     SpatialPadd,
 )
 from monai.utils.enums import CommonKeys as Keys
 from monailabel.tasks.train.basic_train import Context
 
-from lib.conf import as_float, as_int
+from lib.conf import as_int
 from lib.datastore.datalist import labeled_items
 from lib.labels.saved import Segment
+from lib.pipelines import vista3d as pipeline
+from lib.trainers import params
 from lib.trainers.publishing import PublishingTrainTask
+from lib.transforms.partial_labels import LayersToMultiHotd
 from lib.vista3d.classes import LearnedClasses, label_mapping_for, parse_label_mapping, vista3d_resolver, write_learned_classes
 from lib.vista3d.prompts import PromptError
 from lib.weights.checkpoints import load_state_dict, save_atomically
-from lib.transforms.partial_labels import LayersToMultiHotd
 from lib.weights.official import OfficialCheckpoint
 
 logger = logging.getLogger(__name__)
@@ -120,20 +117,36 @@ def _flattened(labels: torch.Tensor) -> torch.Tensor:
 
 
 class ClassPromptInferer(Inferer):
-    """Validation: the class head over a sliding window for ``class_ids`` -> [1, B, H, W, D] logits."""
+    """Validation: the class head over a sliding window for ``class_ids`` -> [1, B, H, W, D] logits, with the
+    window and overlap of the ``vista3d`` infer task (lib/vista3d/point_inferer.py ``sliding_window``)."""
 
-    def __init__(self, roi_size: Sequence[int], class_ids: Sequence[int]):
+    def __init__(self, roi_size: Sequence[int], overlap: float, class_ids: Sequence[int]):
         super().__init__()
         self.roi_size = roi_size
+        self.overlap = overlap
         self.class_ids = list(class_ids)
 
     def __call__(self, inputs, network, *args, **kwargs):
         class_vector = torch.tensor(self.class_ids, device=inputs.device).unsqueeze(-1)
-        inferer = SlidingWindowInfererAdapt(roi_size=self.roi_size, sw_batch_size=1, with_coord=True, padding_mode="replicate")
+        inferer = SlidingWindowInfererAdapt(
+            roi_size=self.roi_size, sw_batch_size=1, overlap=self.overlap, with_coord=True, padding_mode="replicate"
+        )
         return inferer(inputs, network, transpose=True, class_vector=class_vector)
 
 
 class Vista3DTrainer(PublishingTrainTask):
+    request_params = {
+        **PublishingTrainTask.request_params,
+        # One study's prompts per iteration (sample_prompt_pairs takes one label set).
+        "train_batch_size": params.integer(minimum=1, maximum=1),
+        "patch_size": params.parsed_by(parse_patch_size),
+        "label_mapping": params.parsed_by(parse_label_mapping),
+        "drop_label_prob": params.number(0.0, 1.0),
+        "drop_point_prob": params.number(0.0, 1.0),
+        "max_point": params.integer(minimum=1),
+        "learning_rate": params.number(0.0, 1.0),
+    }
+
     def __init__(
         self,
         model_dir: str,
@@ -143,23 +156,25 @@ class Vista3DTrainer(PublishingTrainTask):
         pixdim: Sequence[float],
         hu_window: Sequence[float],
         crop_margin: int,
-        patch_size: Sequence[int],
+        roi_size: Sequence[int],
+        overlap: float,
         max_epochs: int,
         val_split: float,
     ):
+        """``roi_size``, ``overlap``: the infer task's sliding window (validation's; ``roi_size`` is the default
+        ``patch_size`` too)."""
         super().__init__(
             model_dir,
             "Finetune VISTA3D on saved labels; new structures become classes 133..254",
             config={
                 "max_epochs": max_epochs,
                 "val_split": val_split,
-                "patch_size": ",".join(str(p) for p in patch_size),
+                "patch_size": ",".join(str(p) for p in roi_size),
                 "label_mapping": "",
                 "drop_label_prob": 0.25,
                 "drop_point_prob": 0.25,
                 "max_point": 5,
                 "learning_rate": 1e-4,
-                "tracking": ["None", "mlflow"],
             },
             load_strict=True,
             tracking=None,
@@ -171,23 +186,16 @@ class Vista3DTrainer(PublishingTrainTask):
         self.pixdim = tuple(pixdim)
         self.hu_window = tuple(hu_window)
         self.crop_margin = crop_margin
+        self.roi_size = tuple(roi_size)
+        self.overlap = overlap
         self._run: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ request
     def __call__(self, request, datastore):
-        req = {**self._config, **request}
-        self._run = {
-            "patch_size": parse_patch_size(req["patch_size"]),
-            "label_mapping": parse_label_mapping(req.get("label_mapping")),
-            "drop_label_prob": as_float(req["drop_label_prob"], "drop_label_prob", 0.0, 1.0),
-            "drop_point_prob": as_float(req["drop_point_prob"], "drop_point_prob", 0.0, 1.0),
-            "max_point": as_int(req["max_point"], "max_point", minimum=1),
-            "learning_rate": as_float(req["learning_rate"], "learning_rate", 0.0, 1.0),
-            "val_split": as_float(req["val_split"], "val_split", 0.0, 0.9),
-            "learned": self.learned.get(),
-            "new_classes": {},
-        }
-        return super().__call__({**request, "val_split": self._run["val_split"]}, datastore)
+        request = self.checked_params({**self._config, **request})
+        keys = ("patch_size", "label_mapping", "drop_label_prob", "drop_point_prob", "max_point", "learning_rate", "val_split")
+        self._run = {**{key: request[key] for key in keys}, "learned": self.learned.get(), "new_classes": {}}
+        return super().__call__(request, datastore)
 
     def pre_process(self, request, datastore):
         """Saved labels with their mapping to global ids; new names get ids 133..254."""
@@ -202,7 +210,7 @@ class Vista3DTrainer(PublishingTrainTask):
                 continue
             run["new_classes"].update(new)
             ids = sorted({g for _, g, _ in mapping})
-            datalist.append({**item, "label_mapping": json.dumps(mapping), "label_set": json.dumps([0, *ids])})
+            datalist.append({**item, "image_id": image_id, "label_mapping": json.dumps(mapping), "label_set": json.dumps([0, *ids])})
             logger.info(f"vista3d: {image_id} label mapping {mapping}")
         if not datalist:
             raise PromptError("vista3d: no saved label to train on (save a label with named segments, or pass label_mapping)")
@@ -241,23 +249,14 @@ class Vista3DTrainer(PublishingTrainTask):
         return DiceCELoss(include_background=True, sigmoid=True, smooth_dr=1e-5, smooth_nr=0, squared_pred=True, to_onehot_y=False)
 
     # ------------------------------------------------------------------ data
-    def _load(self, label_mapping: list) -> list:
-        keys = ("image", "label")
-        return [
-            LoadImaged(keys=keys, image_only=True, ensure_channel_first=True),
-            *label_mapping,
-            CropForegroundd(keys=keys, source_key="image", margin=self.crop_margin, allow_smaller=True),
-            ScaleIntensityRanged(keys="image", a_min=self.hu_window[0], a_max=self.hu_window[1], b_min=0.0, b_max=1.0, clip=True),
-            Orientationd(keys=keys, axcodes="RAS"),
-            Spacingd(keys=keys, pixdim=self.pixdim, mode=("bilinear", "nearest")),
-            CastToTyped(keys=keys, dtype=(torch.float32, torch.uint8)),
-            EnsureTyped(keys=keys, track_meta=True),
-        ]
+    def _preprocessing(self, *label_handling) -> list:
+        """The infer tasks' preprocessing with the label resampled alongside, then the label's own handling."""
+        return [*pipeline.preprocessing(self.pixdim, self.hu_window, self.crop_margin, label_key="label"), *label_handling]
 
     def train_pre_transforms(self, context: Context):
         keys, patch = ("image", "label"), self._run["patch_size"]
         return [
-            *self._load([MapLabelsd(keys="label", mapping_key="label_mapping")]),
+            *self._preprocessing(MapLabelsd(keys="label", mapping_key="label_mapping")),
             SpatialPadd(keys=keys, spatial_size=patch, mode=("constant", "constant")),
             RandCropByPosNegLabeld(keys=keys, label_key="label", spatial_size=patch, pos=1, neg=1, num_samples=1),
             ResizeWithPadOrCropd(keys=keys, spatial_size=patch),
@@ -332,10 +331,10 @@ class Vista3DTrainer(PublishingTrainTask):
 
     def val_pre_transforms(self, context: Context):
         # local -> global -> index in the validated classes (1..B), as the bundle's valid_remap
-        return self._load([MapLabelsd(keys="label", mapping_key="label_mapping"), MapLabelsd(keys="label", mapping=self._val_mapping())])
+        return self._preprocessing(MapLabelsd(keys="label", mapping_key="label_mapping"), MapLabelsd(keys="label", mapping=self._val_mapping()))
 
     def val_inferer(self, context: Context):
-        return ClassPromptInferer(self._run["patch_size"], self._run["class_ids"])
+        return ClassPromptInferer(self.roi_size, self.overlap, self._run["class_ids"])
 
     def val_post_transforms(self, context: Context):
         n = len(self._run["class_ids"]) + 1

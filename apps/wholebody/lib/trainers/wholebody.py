@@ -5,24 +5,20 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import torch
-from monai.transforms import (
-    EnsureChannelFirstd,
-    EnsureTyped,
-    LoadImaged,
-    NormalizeIntensityd,
-    Orientationd,
-    ScaleIntensityd,
-    Spacingd,
-)
+from monai.transforms import AsDiscreted
 
-from lib.conf import as_bool
+from lib.pipelines import wholebody as pipeline
 from lib.trainers.ct_segmentation import CTSegmentationTrainer
-from lib.transforms.partial_labels import PartialLabelsd
+from lib.trainers.params import boolean
 
 
 class WholeBodySegmentation(CTSegmentationTrainer):
     """The bundle's training recipe (DiceCE, AdamW 1e-4, 96^3 patches, AMP on GPU) with a loss
-    that tolerates partial labels. ``highres`` picks the 1.5 mm or the 3 mm model to train."""
+    that tolerates partial labels. ``highres`` picks the 1.5 mm or the 3 mm model to train.
+    Images are preprocessed as inference does (lib/pipelines/wholebody.py), and validation segments
+    as inference does."""
+
+    request_params = {**CTSegmentationTrainer.request_params, "highres": boolean}
 
     def __init__(
         self,
@@ -30,8 +26,6 @@ class WholeBodySegmentation(CTSegmentationTrainer):
         network_factory: Callable[[], torch.nn.Module],
         labels: dict[str, int],
         checkpoints: dict[bool, Sequence[str]],
-        pixdim: dict[bool, Sequence[float]],
-        roi_size: Sequence[int],
         highres: bool,
         max_epochs: int,
         val_split: float,
@@ -43,17 +37,16 @@ class WholeBodySegmentation(CTSegmentationTrainer):
             "Train the 104-structure SegResNet on saved labels",
             max_epochs,
             val_split,
-            roi_size,
+            pipeline.ROI_SIZE,
         )
         self._config["highres"] = highres
         self.checkpoints = checkpoints
-        self.pixdim = pixdim
         self._highres = highres
 
     def __call__(self, request, datastore):
-        self._highres = as_bool(request.get("highres", self._config["highres"]), "highres")
-        request = {**request, "name": self.run_name()}
-        return super().__call__(request, datastore)
+        request = self.checked_params({**self._config, **request})
+        self._highres = request["highres"]
+        return super().__call__({**request, "name": self.run_name()}, datastore)
 
     def run_name(self) -> str:
         """The run's folder under this trainer's model_dir: one per resolution, each resumes its own."""
@@ -65,26 +58,19 @@ class WholeBodySegmentation(CTSegmentationTrainer):
     def optimizer(self, context):
         return torch.optim.AdamW(context.network.parameters(), lr=1e-4, weight_decay=1e-5)
 
-    def _load(self):
-        return [
-            LoadImaged(keys=("image", "label")),
-            EnsureChannelFirstd(keys=("image", "label")),
-            EnsureTyped(keys=("image", "label")),
-            Orientationd(keys=("image", "label"), axcodes="RAS"),
-            Spacingd(
-                keys=("image", "label"),
-                pixdim=self.pixdim[self._highres],
-                mode=("bilinear", "nearest"),
-                dtype=(torch.float32, torch.float32),
-            ),
-            NormalizeIntensityd(keys="image", nonzero=True),
-            ScaleIntensityd(keys="image", minv=-1.0, maxv=1.0),
-            PartialLabelsd(keys="label", channels=self._channels, num_classes=self.num_classes),
-        ]
+    def _preprocessing(self) -> list:
+        return [*pipeline.preprocessing(pipeline.PIXDIM[self._highres], label_key="label"), self.partial_labels()]
 
     def train_pre_transforms(self, context):
         # Replicate padding, as the inferer pads windows.
-        return [*self._load(), *self.random_patches(image_threshold=-1.0, image_pad_mode="replicate")]
+        return [*self._preprocessing(), *self.random_patches(image_threshold=-1.0, image_pad_mode="replicate")]
 
     def val_pre_transforms(self, context):
-        return self._load()
+        return self._preprocessing()
+
+    def val_inferer(self, context):
+        return pipeline.inferer(pipeline.ROI_SIZE, pipeline.OVERLAP)
+
+    def val_post_transforms(self, context):
+        # The inferer answers labels, as inference does (argmax of the blended logits).
+        return [AsDiscreted(keys="pred", to_onehot=self.num_classes), self.label_onehot()]

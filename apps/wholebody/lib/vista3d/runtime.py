@@ -25,19 +25,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 from fastapi import HTTPException
-from monai.transforms import (
-    CastToTyped,
-    Compose,
-    CropForegroundd,
-    EnsureChannelFirstd,
-    EnsureTyped,
-    LoadImaged,
-    Orientationd,
-    ScaleIntensityRanged,
-)
+from monai.transforms import Compose
 
-from lib.transforms.index_inversion import IndexInvertibleSpacingd
-from lib.transforms.validate import CheckCTVolumed
+from lib.pipelines.vista3d import preprocessing
 from lib.vista3d.classes import LearnedClasses, table_labels
 from lib.vista3d.grid_inferer import GridPointWindowInferer
 from lib.weights.checkpoints import load_state_dict
@@ -47,22 +37,6 @@ logger = logging.getLogger(__name__)
 
 #: bump when the preprocessing changes: part of every cache key
 PREPROCESSING_VERSION = "vista3d-bundle-1"
-
-
-def preprocessing(pixdim: Sequence[float], hu_window: Sequence[float], margin: int, device: Any = None) -> list:
-    """The bundle's ``inference.json`` preprocessing (its ``VistaPreTransformd`` only rewrites prompts,
-    done by ``lib.vista3d.prompts``), with the app's check that the input is a CT."""
-    return [
-        LoadImaged(keys="image", image_only=True),
-        EnsureChannelFirstd(keys="image"),
-        CheckCTVolumed(keys="image"),
-        EnsureTyped(keys="image", device=device, track_meta=True),
-        IndexInvertibleSpacingd(keys="image", pixdim=pixdim, mode="bilinear"),  # labels inverted by index
-        CropForegroundd(keys="image", source_key="image", margin=margin, allow_smaller=True),
-        ScaleIntensityRanged(keys="image", a_min=hu_window[0], a_max=hu_window[1], b_min=0.0, b_max=1.0, clip=True),
-        Orientationd(keys="image", axcodes="RAS"),
-        CastToTyped(keys="image", dtype=torch.float32),
-    ]
 
 
 @dataclass(frozen=True)
