@@ -40,6 +40,8 @@ from monailabel.utils.others.generic import md5_digest
 from pydicom.dataset import Dataset
 
 from lib.conf import ConfError
+from lib.datastore.atomic import write_json_atomically
+from lib.datastore.shared import SharedLocalDatastore
 from lib.server.errors import NotFoundError, check_id
 
 logger = logging.getLogger(__name__)
@@ -93,7 +95,7 @@ def make_client(url: str, auth: tuple[str, str] | None, timeout_s: float, prefix
     return client
 
 
-class PacsDatastore(DICOMWebDatastore):
+class PacsDatastore(SharedLocalDatastore, DICOMWebDatastore):
     def __init__(
         self,
         client,
@@ -247,7 +249,7 @@ class PacsDatastore(DICOMWebDatastore):
             image_dir = self._download_series(str(meta.StudyInstanceUID), image_id, self._image_dir(image_id))
             nifti = self._to_nifti(image_dir)
             try:
-                LocalDatastore.add_image(self, image_id, nifti, self._info_from_meta(meta))
+                SharedLocalDatastore.add_image(self, image_id, nifti, self._info_from_meta(meta))
             finally:
                 os.unlink(nifti)
             return LocalDatastore.get_image_uri(self, image_id)
@@ -319,7 +321,7 @@ class PacsDatastore(DICOMWebDatastore):
         check_label_file(label_filename, read_header(image_uri).shape)
 
         if label_tag != DefaultLabelTag.FINAL:
-            return LocalDatastore.save_label(self, image_id, label_filename, label_tag, label_info)
+            return SharedLocalDatastore.save_label(self, image_id, label_filename, label_tag, label_info)
 
         # 1. The SEG, written before anything is stored: a label that cannot become one is refused.
         names = self._label_names(label_info)
@@ -341,8 +343,7 @@ class PacsDatastore(DICOMWebDatastore):
             )
         except ValueError as e:
             raise HTTPException(status_code=422, detail=f"cannot write the label as DICOM SEG: {e}") from None
-        with open(seg_file + ".json", "w") as f:
-            json.dump({"image": image_id, "seg": seg, "saved": time.time()}, f)
+        write_json_atomically(seg_file + ".json", {"image": image_id, "seg": seg, "saved": time.time()})
         os.replace(seg_file + ".part", seg_file)
 
         # 2. The label on disk, so that nothing is lost while the PACS is down.
@@ -358,7 +359,7 @@ class PacsDatastore(DICOMWebDatastore):
                 "segments": seg["segments"],
             }
         )
-        label_id = LocalDatastore.save_label(self, image_id, label_filename, label_tag, label_info)
+        label_id = SharedLocalDatastore.save_label(self, image_id, label_filename, label_tag, label_info)
         with self._lock:
             self._seg_refs[seg["SeriesInstanceUID"]] = image_id
 
@@ -583,7 +584,7 @@ class PacsDatastore(DICOMWebDatastore):
                 "SeriesInstanceUID": seg_uid,
                 "Modality": "SEG",
             }
-            LocalDatastore.save_label(self, image_id, out, DefaultLabelTag.FINAL, info)
+            SharedLocalDatastore.save_label(self, image_id, out, DefaultLabelTag.FINAL, info)
         logger.info(f"Label of {image_id} imported from SEG {seg_uid}")
 
     def datalist(self, full_path=True) -> List[Dict[str, Any]]:

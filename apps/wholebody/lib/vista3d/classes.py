@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import threading
 from typing import Any, Iterable, Mapping, Sequence
 
+from lib.datastore.atomic import write_json_atomically
 from lib.vista3d.prompts import (
     CLASSES,
     FIRST_NEW_CLASS_ID,
@@ -195,12 +195,4 @@ class LearnedClasses:
 
 def write_learned_classes(path: str, classes: Mapping[str, int]) -> None:
     """Atomically: a reader never sees a half-written file."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(dict(sorted(classes.items(), key=lambda kv: kv[1])), f, indent=1)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_json_atomically(path, dict(sorted(classes.items(), key=lambda kv: kv[1])), indent=1)

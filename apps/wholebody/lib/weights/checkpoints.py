@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
-
 import torch
+
+from lib.datastore.atomic import write_atomically
 
 
 def load_state_dict(path: str, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
@@ -17,13 +16,5 @@ def load_state_dict(path: str, map_location: str | torch.device = "cpu") -> dict
 
 
 def save_atomically(state_dict: dict[str, torch.Tensor], path: str) -> None:
-    """Readers (the infer tasks reload on mtime change) never see a half-written file."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(state_dict, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """Readers (the infer tasks reload on mtime change) never see a half-written file, nor does a restart after a crash."""
+    write_atomically(path, lambda f: torch.save(state_dict, f))
