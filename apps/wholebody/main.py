@@ -25,6 +25,7 @@ from lib.activelearning.handout import Exclusive, Handouts
 from lib.conf import Conf, ConfError
 from lib.datastore.local import CheckedLocalDatastore
 from lib.server.errors import NotFoundError, check_id
+from lib.server.infer_queue import InferQueue, default_workers, worker_devices
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,13 @@ class WholeBodyApp(MONAILabelApp):
             config.init(name, self.model_dir, conf, None)
             self.models[name] = config
         logger.info(f"Models: {list(self.models)}; weights and trained models in {self.model_dir}")
+
+        # The request layer (lib/server/routes.py, lib/server/infer_queue.py; README "Several annotators").
+        self.infer_workers = self.options.int("infer_workers", default_workers(), minimum=1)
+        self.infer_queue = self.options.int("infer_queue", 8, minimum=0)
+        self.infer_wait_s = self.options.float("infer_wait_s", 600.0, low=1.0)
+        # MONAI Label 0.8.5's own handling, for comparison (bench/bench_load.py): every request on the event loop.
+        self.inline_requests = self.options.bool("inline_requests", False)
 
         super().__init__(
             app_dir=app_dir,
@@ -166,11 +174,14 @@ class WholeBodyApp(MONAILabelApp):
 
         from lib.heads import routes as head_routes
         from lib.server import errors as http_errors
-        from lib.server import train_requests
+        from lib.server import routes, train_requests, training_runs
 
         http_errors.install(fastapi_app)
         head_routes.install(fastapi_app, self._infers)
         train_requests.install(self)
+        training_runs.install()
+        if not self.inline_requests:
+            routes.install(fastapi_app, InferQueue(worker_devices(self.infer_workers), self.infer_queue, self.infer_wait_s))
         super().on_init_complete()
 
     def infer(self, request, datastore=None):
