@@ -26,6 +26,7 @@ from lib.conf import Conf, ConfError
 from lib.datastore.local import CheckedLocalDatastore
 from lib.server.errors import NotFoundError, check_id
 from lib.server.infer_queue import InferQueue, default_workers, worker_devices
+from lib.weights.checkpoints import write_training_checkpoints_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +119,7 @@ class WholeBodyApp(MONAILabelApp):
     def init_trainers(self) -> Dict[str, TrainTask]:
         if self.options.bool("skip_trainers", False):
             return {}
+        write_training_checkpoints_atomically()
         trainers: Dict[str, TrainTask] = {}
         for name, config in self.models.items():
             tasks = config.trainer()
