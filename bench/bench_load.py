@@ -135,7 +135,7 @@ def annotator(server: Server, tmp: Path, number: int, until: float, rec: Recorde
             continue
         image = sample["id"]
         pause()
-        result, status = rec.timed("wholebody", lambda: client.infer("wholebody", image, {"highres": False, "result_extension": ".nii.gz"}))
+        answer, status = rec.timed("wholebody", lambda: client.infer("wholebody", image, {"highres": False, "result_extension": ".nii.gz"}))
         if status != 200:
             pause()
             continue
@@ -145,7 +145,7 @@ def annotator(server: Server, tmp: Path, number: int, until: float, rec: Recorde
             rec.timed("vista3d_click", lambda: client.infer("vista3d_point", image, params))
         pause()
         save = next(saves)
-        label = nib.load(result)
+        label = nib.load(answer[0])
         data = np.asarray(label.dataobj).astype(np.uint8)
         data[0, 0, 0], data[0, 0, 1] = save % 256, save // 256 + 1  # which save this is
         path = tmp / f"client{number}" / f"save{save}.nii.gz"

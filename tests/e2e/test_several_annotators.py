@@ -104,12 +104,23 @@ def test_light_requests_answer_while_an_inference_runs(server, root):
     done("label save")
     assert "p0" in other.datastore()["objects"]
     done("datastore")
+
+    # A client that gives up while its request waits: dropped from the line, never computed.
+    with pytest.raises(requests.Timeout):
+        requests.post(f"{server.url}/infer/wholebody", params={"image": "crop"},
+                      data={"params": json.dumps({"client_id": "impatient"})}, timeout=(30, 1))
+    while requests.get(f"{server.url}/queue/", timeout=30).json()["counts"]["dropped"] < 1:
+        time.sleep(0.1)
+    done("dropped")
     inference.join()
-    assert events == ["info", "label save", "datastore", "inference"], events
+    assert events == ["info", "label save", "datastore", "dropped", "inference"], events
+    counts = requests.get(f"{server.url}/queue/", timeout=30).json()["counts"]
+    assert counts["served"] == 1 and counts["dropped"] == 1, counts
 
 
 def test_six_requests_at_once_three_served_three_refused_then_one_more_served(server, root):
     answers, lock = [], threading.Lock()
+    before = requests.get(f"{server.url}/queue/", timeout=30).json()["counts"]
 
     def infer(image: str, client_id: str, params: dict) -> None:
         response = post_infer(server, image, {"client_id": client_id, **params})
@@ -136,7 +147,7 @@ def test_six_requests_at_once_three_served_three_refused_then_one_more_served(se
     response = post_infer(server, "crop", {"client_id": "after", "highres": False})
     assert response.status_code == 200 and "multipart" in response.headers["content-type"]
     counts = requests.get(f"{server.url}/queue/", timeout=30).json()["counts"]
-    assert counts["refused_full"] == 3 and counts["served"] >= 5
+    assert counts["refused_full"] - before["refused_full"] == 3 and counts["served"] - before["served"] == 4, counts
 
 
 def test_fifty_concurrent_label_saves_over_ten_images_none_lost(server, root):

@@ -7,12 +7,14 @@ of events and counts, never about how long anything took.
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import threading
 
 import pytest
 from fastapi import HTTPException
 
-from lib.server.infer_queue import CLIENT_GONE, InferQueue, worker_devices
+from lib.server.infer_queue import CLIENT_GONE, INFER_NICE, InferQueue, worker_devices
 
 
 class Work:
@@ -163,3 +165,14 @@ def test_workers_take_the_gpus_in_turn_or_the_cpu(monkeypatch):
     assert worker_devices(3) == ["cuda:0", "cuda:1", "cuda:0"]
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     assert worker_devices(2) == ["cpu", "cpu"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread priorities are a Linux feature")
+def test_inferences_run_nicer_than_the_threads_answering_light_requests():
+    async def scenario():
+        queue = InferQueue(["cpu"], capacity=1, wait_s=600)
+        return await queue.run("wholebody", "a", lambda device: os.getpriority(os.PRIO_PROCESS, threading.get_native_id()), connected)
+
+    here = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert asyncio.run(scenario()) == min(19, here + INFER_NICE)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == here, "the caller's thread was reniced"
