@@ -25,10 +25,10 @@ class CheckedLocalDatastore(SharedLocalDatastore):
     def add_image(self, image_id, image_filename, image_info):
         default_id, _ = self._to_id(os.path.basename(image_filename))
         image_id = check_id(image_id or default_id, "image id")
-        check_ct_file(image_filename)
         with self.transaction():  # checked and added in one step: two uploads of one id never both pass
             if image_id in self._datastore.objects:
                 raise HTTPException(status_code=409, detail=f"image '{image_id}' already exists; delete it first")
+            check_ct_file(image_filename)
             return super().add_image(image_id, image_filename, image_info)
 
     def save_label(self, image_id, label_filename, label_tag, label_info):

@@ -39,7 +39,7 @@ class _EndedProcesses(dict):
 
 def reason(returncode: int, output_lines) -> str:
     if returncode < 0:
-        name = signal.Signals(-returncode).name
+        name = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else f"signal {-returncode}"
         why = " (by the out-of-memory killer or kill -9)" if -returncode == signal.SIGKILL else ""
         return f"the task process was killed by {name}{why}"
     errors = [line for line in output_lines if ERROR_LINE.search(line)]
