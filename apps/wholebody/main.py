@@ -27,6 +27,8 @@ from lib.datastore.local import CheckedLocalDatastore
 from lib.labels.mapping import segment_mapping
 from lib.labels.saved import saved_segments
 from lib.server.errors import NotFoundError, check_id
+from lib.server.infer_queue import InferQueue, default_workers, worker_devices
+from lib.weights.checkpoints import write_training_checkpoints_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +56,13 @@ class WholeBodyApp(MONAILabelApp):
             config.init(name, self.model_dir, conf, None)
             self.models[name] = config
         logger.info(f"Models: {list(self.models)}; weights and trained models in {self.model_dir}")
+
+        # The request layer (lib/server/routes.py, lib/server/infer_queue.py; README "Several annotators").
+        self.infer_workers = self.options.int("infer_workers", default_workers(), minimum=1)
+        self.infer_queue = self.options.int("infer_queue", 8, minimum=0)
+        self.infer_wait_s = self.options.float("infer_wait_s", 600.0, low=1.0)
+        # MONAI Label 0.8.5's own handling, for comparison (bench/bench_load.py): every request on the event loop.
+        self.inline_requests = self.options.bool("inline_requests", False)
 
         super().__init__(
             app_dir=app_dir,
@@ -127,6 +136,7 @@ class WholeBodyApp(MONAILabelApp):
     def init_trainers(self) -> Dict[str, TrainTask]:
         if self.options.bool("skip_trainers", False):
             return {}
+        write_training_checkpoints_atomically()
         trainers: Dict[str, TrainTask] = {}
         for name, config in self.models.items():
             tasks = config.trainer()
@@ -183,12 +193,15 @@ class WholeBodyApp(MONAILabelApp):
 
         from lib.heads import routes as head_routes
         from lib.server import errors as http_errors
-        from lib.server import train_requests
+        from lib.server import routes, train_requests, training_runs
         from lib.server.auth import install as access_control
 
         http_errors.install(fastapi_app)
         head_routes.install(fastapi_app, self._infers)
         train_requests.install(self)
+        training_runs.install()
+        if not self.inline_requests:
+            routes.install(fastapi_app, InferQueue(worker_devices(self.infer_workers), self.infer_queue, self.infer_wait_s))
         # Last: it checks every route installed before it, and refuses to start an exposed server.
         access_control.install(fastapi_app, self.options, self.model_dir)
         super().on_init_complete()

@@ -7,9 +7,9 @@ import pytest
 from fastapi.routing import iter_route_contexts
 from starlette.routing import Mount
 
-from lib.conf import Conf
 from lib.heads import routes as head_routes
 from lib.pacs import proxy
+from lib.server import routes as request_routes
 from lib.server.auth import routes as auth_routes
 from lib.server.auth.access import SignedIn
 from lib.server.auth.audit import AuditLog
@@ -18,6 +18,7 @@ from lib.server.auth.rules import PUBLIC, RULES, SIGNED_IN, UNLISTED, rule_for
 from lib.server.auth.throttle import LoginThrottle
 from lib.server.auth.tokens import Tokens
 from lib.server.auth.users import Account, Accounts, hash_password, write
+from lib.server.infer_queue import InferQueue
 
 
 def routes_of(app) -> set[tuple[str, str]]:
@@ -44,6 +45,7 @@ def server_routes(tmp_path_factory) -> set[tuple[str, str]]:
     signed_in = SignedIn(Accounts(str(users)), Tokens(b"k" * 32, 1.0))
     head_routes.install(app, {})
     proxy.install(app)
+    request_routes.install(app, InferQueue(["cpu"], capacity=1, wait_s=1.0))
     auth_routes.install(app, signed_in, LoginThrottle(5, 20, 15, 0.5), AuditLog(str(folder / "audit.jsonl")))
     return routes_of(app)
 

@@ -25,6 +25,7 @@ from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.strategy import Strategy
 
 from lib.activelearning import datastore_info
+from lib.datastore.atomic import write_json_atomically
 from lib.server.auth.context import signed_in_user
 
 logger = logging.getLogger(__name__)
@@ -55,11 +56,7 @@ class Handouts:
     def _save(self) -> None:
         if not self.path:
             return
-        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-        tmp = f"{self.path}.tmp"
-        with open(tmp, "w") as f:
-            json.dump({i: {"client_id": c, "since": t} for i, (c, t) in self._held.items()}, f)
-        os.replace(tmp, self.path)
+        write_json_atomically(self.path, {i: {"client_id": c, "since": t} for i, (c, t) in self._held.items()})
 
     def _expire(self) -> None:
         now = self.clock()

@@ -9,10 +9,11 @@ import threading
 import time
 
 from fastapi import HTTPException
-from monailabel.datastore.local import LocalDatastore
 
+from lib.datastore.atomic import copy_atomically
 from lib.datastore.image_check import SUPPORTED, check_ct_file, extension, read_header
 from lib.datastore.label_file import checked_label_info
+from lib.datastore.shared import SharedLocalDatastore
 from lib.server.errors import NotFoundError, check_id
 
 logger = logging.getLogger(__name__)
@@ -31,11 +32,12 @@ class OneLabelPerTag:
     _last_saved = threading.local()
 
     def _store_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict) -> str:
-        previous = self._keep_previous(image_id, label_tag)
-        label_id = LocalDatastore.save_label(self, image_id, label_filename, label_tag, label_info)
-        current = self.get_label_uri(image_id, label_tag)
-        if previous and os.path.realpath(previous) != os.path.realpath(current):
-            os.remove(previous)  # another format: already in history
+        with self.transaction():  # the previous label is kept and replaced in one step: concurrent saves lose none
+            previous = self._keep_previous(image_id, label_tag)
+            label_id = SharedLocalDatastore.save_label(self, image_id, label_filename, label_tag, label_info)
+            current = self.get_label_uri(image_id, label_tag)
+            if previous and os.path.realpath(previous) != os.path.realpath(current):
+                os.remove(previous)  # another format: already in history
         self._last_saved.tag = (image_id, label_tag)
         return label_id
 
@@ -48,11 +50,12 @@ class OneLabelPerTag:
     def remove_label(self, label_id, label_tag):
         check_id(label_id, "label id")
         check_id(label_tag, "label tag")
-        if not self.get_label_uri(label_id, label_tag):
-            raise NotFoundError(f"image '{label_id}' has no '{label_tag}' label")
-        for path in self._label_files(label_id, label_tag):
-            self._to_history(path, label_id, move=True)
-        self.refresh()
+        with self.transaction():
+            if not self.get_label_uri(label_id, label_tag):
+                raise NotFoundError(f"image '{label_id}' has no '{label_tag}' label")
+            for path in self._label_files(label_id, label_tag):
+                self._to_history(path, label_id, move=True)
+            self.refresh()
 
     def _label_files(self, image_id: str, label_tag: str) -> list[str]:
         """Every file that the stock datastore would take for this image's label, in any format."""
@@ -72,10 +75,11 @@ class OneLabelPerTag:
         history = os.path.join(os.path.dirname(path), "history")
         os.makedirs(history, exist_ok=True)
         target = os.path.join(history, f"{image_id}.{time.time_ns()}{extension(path)}")
-        (shutil.move if move else shutil.copy2)(path, target)
+        # A move is one rename (same folder tree); a copy is written whole before it appears.
+        (shutil.move if move else copy_atomically)(path, target)
 
 
-class CheckedLocalDatastore(OneLabelPerTag, LocalDatastore):
+class CheckedLocalDatastore(OneLabelPerTag, SharedLocalDatastore):
     """Stock LocalDatastore writes wherever an id points (``../x``), replaces an image that has
     the same id, and accepts any bytes as a CT and any label of the image's shape. Here ids are
     plain names, uploads must be 3D CT, labels must lie on their image's voxel grid (checked with
@@ -91,10 +95,11 @@ class CheckedLocalDatastore(OneLabelPerTag, LocalDatastore):
     def add_image(self, image_id, image_filename, image_info):
         default_id, _ = self._to_id(os.path.basename(image_filename))
         image_id = check_id(image_id or default_id, "image id")
-        if image_id in self._datastore.objects:
-            raise HTTPException(status_code=409, detail=f"image '{image_id}' already exists; delete it first")
-        check_ct_file(image_filename)
-        return super().add_image(image_id, image_filename, image_info)
+        with self.transaction():  # checked and added in one step: two uploads of one id never both pass
+            if image_id in self._datastore.objects:
+                raise HTTPException(status_code=409, detail=f"image '{image_id}' already exists; delete it first")
+            check_ct_file(image_filename)
+            return super().add_image(image_id, image_filename, image_info)
 
     def save_label(self, image_id, label_filename, label_tag, label_info):
         check_id(image_id, "image id")

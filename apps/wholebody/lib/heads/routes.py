@@ -25,11 +25,11 @@ def install(fastapi_app: FastAPI, infers: dict) -> None:
         return found
 
     @router.get("/{model}", summary=f"{RBAC_USER}Decoder heads of a model (new structures)")
-    async def list_heads(model: str, user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))):
+    def list_heads(model: str, user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))):
         return task(model).heads_info()
 
     @router.delete("/{model}/{head}", summary=f"{RBAC_ADMIN}Remove a decoder head")
-    async def remove_head(
+    def remove_head(
         model: str,
         head: str,
         resolution: Optional[str] = None,

@@ -9,6 +9,7 @@ other heads are added or removed.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -19,6 +20,7 @@ from typing import Iterable
 import torch
 
 from lib.conf import ConfError
+from lib.datastore.atomic import write_json_atomically
 from lib.server.errors import NotFoundError
 from lib.weights.checkpoints import save_atomically
 
@@ -77,7 +79,10 @@ class HeadStore:
             folder = self.folder(res)
             for entry in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
                 if entry.endswith(".json"):
-                    records.append(self._read(os.path.join(folder, entry), res))
+                    try:
+                        records.append(self._read(os.path.join(folder, entry), res))
+                    except FileNotFoundError:  # removed since the listing (DELETE /heads/...)
+                        continue
         return sorted(records, key=lambda r: (r.created, r.name))
 
     def _read(self, json_path: str, highres: bool) -> HeadRecord:
@@ -131,10 +136,7 @@ class HeadStore:
         record.json_path = os.path.join(folder, f"{record.name}.json")
         save_atomically(state_dict, record.weights)
         meta = {k: getattr(record, k) for k in ("name", "structures", "encoder", "base_checkpoint", "created", "metrics")}
-        tmp = record.json_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(meta, f, indent=2)
-        os.replace(tmp, record.json_path)
+        write_json_atomically(record.json_path, meta, indent=2)
         return record
 
     def remove(self, name: str, highres: bool | None = None) -> list[HeadRecord]:
@@ -143,8 +145,10 @@ class HeadStore:
         if not removed:
             raise NotFoundError(f"no head '{name}'; heads: {', '.join(sorted({r.name for r in self.heads()})) or 'none'}")
         for record in removed:
-            os.remove(record.json_path)  # first: from here on no reader uses the head
-            if os.path.exists(record.weights):
+            # The JSON first: from here on no reader uses the head. A concurrent DELETE may have removed either.
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(record.json_path)
+            with contextlib.suppress(FileNotFoundError):
                 os.remove(record.weights)
         return removed
 

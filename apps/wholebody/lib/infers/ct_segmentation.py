@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from typing import Any, Callable, Sequence
 
 import torch
@@ -54,6 +55,7 @@ class CTSegmentationTask(BasicInferTask):
         self._trt_precision = trt_precision
         self._channels_last = channels_last
         self._cache: dict[tuple[str, str | None], tuple[torch.nn.Module, float]] = {}
+        self._cache_lock = threading.Lock()
 
     def info(self) -> dict[str, Any]:
         info = super().info()
@@ -77,16 +79,17 @@ class CTSegmentationTask(BasicInferTask):
     def _get_network(self, device, data):
         path = self.checkpoint(data)
         mtime = os.stat(path).st_mtime if path else 0.0
-        cached = self._cache.get((str(device), path))
-        if cached and cached[1] == mtime:
-            return cached[0]
+        with self._cache_lock:  # concurrent requests (one inference worker per GPU) load a checkpoint once
+            cached = self._cache.get((str(device), path))
+            if cached and cached[1] == mtime:
+                return cached[0]
 
-        network = self.in_layout(self._load_network(path).to(torch.device(device)).eval(), device)
-        if self._trt_precision:
-            network = accelerate(network, path, device, self._trt_precision)
-        self._cache = {k: v for k, v in self._cache.items() if k[0] != str(device)}
-        self._cache[(str(device), path)] = (network, mtime)
-        return network
+            network = self.in_layout(self._load_network(path).to(torch.device(device)).eval(), device)
+            if self._trt_precision:
+                network = accelerate(network, path, device, self._trt_precision)
+            self._cache = {k: v for k, v in self._cache.items() if k[0] != str(device)}
+            self._cache[(str(device), path)] = (network, mtime)
+            return network
 
     def in_layout(self, network: torch.nn.Module, device) -> torch.nn.Module:
         return channels_last.for_device(network, device, self._channels_last)

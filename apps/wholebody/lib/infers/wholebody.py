@@ -105,17 +105,18 @@ still adds to them, and keeps only uint8 labels.
         # TensorRT engines are cached per checkpoint; with heads the network is a different one: PyTorch.
         path = self.checkpoint(data)
         key = (str(device), path, _mtime(path), tuple((h["weights"], _mtime(h["weights"])) for h in heads))
-        if self._headed is None or self._headed[0] != key:
-            modules = []
-            for head in heads:
-                module = StructureHead(self._network_factory, len(head["values"]))
-                module.load_state_dict(load_state_dict(head["weights"]), strict=True)
-                modules.append(module)
-            network = HeadedSegResNet(self._load_network(path), modules).to(torch.device(device)).eval()
-            network = self.in_layout(network, device)
-            self._headed = (key, network)
-            logger.info(f"wholebody: merging heads {[h['name'] for h in heads]}")
-        return self._headed[1]
+        with self._cache_lock:  # concurrent requests: never another request's network (device, heads)
+            if self._headed is None or self._headed[0] != key:
+                modules = []
+                for head in heads:
+                    module = StructureHead(self._network_factory, len(head["values"]))
+                    module.load_state_dict(load_state_dict(head["weights"]), strict=True)
+                    modules.append(module)
+                network = HeadedSegResNet(self._load_network(path), modules).to(torch.device(device)).eval()
+                network = self.in_layout(network, device)
+                self._headed = (key, network)
+                logger.info(f"wholebody: merging heads {[h['name'] for h in heads]}")
+            return self._headed[1]
 
     def clear_cache(self):
         super().clear_cache()

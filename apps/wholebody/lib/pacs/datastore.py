@@ -40,7 +40,9 @@ from monailabel.utils.others.generic import md5_digest
 from pydicom.dataset import Dataset
 
 from lib.conf import Conf, ConfError
+from lib.datastore.atomic import write_json_atomically
 from lib.datastore.local import OneLabelPerTag
+from lib.datastore.shared import SharedLocalDatastore
 from lib.server.errors import NotFoundError, check_id
 
 logger = logging.getLogger(__name__)
@@ -94,7 +96,7 @@ def make_client(url: str, auth: tuple[str, str] | None, timeout_s: float, prefix
     return client
 
 
-class PacsDatastore(OneLabelPerTag, DICOMWebDatastore):
+class PacsDatastore(OneLabelPerTag, SharedLocalDatastore, DICOMWebDatastore):
     def __init__(
         self,
         client,
@@ -248,7 +250,7 @@ class PacsDatastore(OneLabelPerTag, DICOMWebDatastore):
             image_dir = self._download_series(str(meta.StudyInstanceUID), image_id, self._image_dir(image_id))
             nifti = self._to_nifti(image_dir)
             try:
-                LocalDatastore.add_image(self, image_id, nifti, self._info_from_meta(meta))
+                SharedLocalDatastore.add_image(self, image_id, nifti, self._info_from_meta(meta))
             finally:
                 os.unlink(nifti)
             return LocalDatastore.get_image_uri(self, image_id)
@@ -348,8 +350,7 @@ class PacsDatastore(OneLabelPerTag, DICOMWebDatastore):
             )
         except ValueError as e:
             raise HTTPException(status_code=422, detail=f"cannot write the label as DICOM SEG: {e}") from None
-        with open(seg_file + ".json", "w") as f:
-            json.dump({"image": image_id, "seg": seg, "saved": time.time()}, f)
+        write_json_atomically(seg_file + ".json", {"image": image_id, "seg": seg, "saved": time.time()})
         os.replace(seg_file + ".part", seg_file)
 
         # 2. The label on disk, so that nothing is lost while the PACS is down.

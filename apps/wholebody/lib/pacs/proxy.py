@@ -11,21 +11,25 @@ Installed in front of the stock routes when the server runs on a DICOMweb datast
 
 from __future__ import annotations
 
+import functools
 import logging
 
+import anyio
 import requests
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
 from monailabel.config import settings
 from monailabel.endpoints.user.auth import RBAC, User
-from starlette.concurrency import run_in_threadpool
 
 logger = logging.getLogger(__name__)
 
 # Forwarded both ways; hop-by-hop headers and the length (recomputed) are not.
 REQUEST_HEADERS = ("accept", "content-type", "range", "if-none-match", "if-modified-since")
 DROPPED_RESPONSE_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "server", "date"}
+# Threads for requests to the PACS, apart from the pool every other endpoint runs in (40 threads): a slow
+# or unreachable PACS holds these for up to its timeout, never the threads that answer saves or /info/.
+PACS_THREADS = 16
 
 
 def _upstream(op: str, path: str) -> str:
@@ -72,11 +76,14 @@ def forward(op: str, path: str, method: str, headers: dict, query: str, body: by
 def install(app: FastAPI) -> None:
     """Puts the proxy routes in front of MONAI Label's own (first match wins)."""
 
+    pacs_threads = anyio.CapacityLimiter(PACS_THREADS)
+
     def handler(op: str):
         async def proxy(request: Request, path: str, user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))):
             body = await request.body() if request.method == "POST" else None
-            # The blocking request runs in the thread pool: the event loop stays free.
-            return await run_in_threadpool(forward, op, path, request.method, dict(request.headers), request.url.query, body)
+            # The blocking request runs in a thread of its own pool: the event loop and the other endpoints stay free.
+            call = functools.partial(forward, op, path, request.method, dict(request.headers), request.url.query, body)
+            return await anyio.to_thread.run_sync(call, limiter=pacs_threads)
 
         return proxy
 

@@ -86,3 +86,11 @@ class PublishingTrainTask(BasicTrainTask):
     def _publish(self, context: Context) -> None:
         """Writes this run's model (atomically) where the infer task reads it, if it has a better one."""
         raise NotImplementedError
+
+    def stats(self):
+        # MONAI Label copies train_stats.json in place after every epoch: read during that copy, or after a
+        # crash in it, the file is cut short. /info/ then shows no stats for this trainer instead of failing.
+        try:
+            return super().stats()
+        except ValueError:
+            return {}

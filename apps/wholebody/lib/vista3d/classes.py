@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import threading
 from functools import lru_cache
 from typing import Any, Iterable, Mapping, Sequence
 
+from lib.datastore.atomic import write_json_atomically
 from lib.labels.names import BACKGROUND, NameResolver, name_key
 from lib.labels.saved import Segment
 from lib.vista3d.prompts import CLASSES, FIRST_NEW_CLASS_ID, LAST_NEW_CLASS_ID, PromptError
@@ -181,12 +181,4 @@ class LearnedClasses:
 
 def write_learned_classes(path: str, classes: Mapping[str, int]) -> None:
     """Atomically: a reader never sees a half-written file."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(dict(sorted(classes.items(), key=lambda kv: kv[1])), f, indent=1)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_json_atomically(path, dict(sorted(classes.items(), key=lambda kv: kv[1])), indent=1)

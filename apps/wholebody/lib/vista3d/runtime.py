@@ -138,7 +138,7 @@ class Vista3DRuntime:
         self.roi_size = tuple(int(r) for r in roi_size)
         self.inferer = GridPointWindowInferer(roi_size=self.roi_size, cache_bytes=cache_bytes, window_grid=window_grid)
         self.images = PreprocessedImageCache(image_cache_bytes)
-        self._network: tuple[tuple, torch.nn.Module] | None = None
+        self._networks: dict[str, tuple[tuple, torch.nn.Module]] = {}  # device -> (weights, network)
         self._lock = threading.RLock()
 
     # ------------------------------------------------------------------ weights
@@ -163,22 +163,25 @@ class Vista3DRuntime:
         return path
 
     def network(self, device: Any) -> tuple[torch.nn.Module, tuple]:
-        """The network for ``device`` and its identity (path, mtime) for the encoder cache."""
+        """The network for ``device`` and its identity (path, mtime) for the encoder cache. One per device:
+        the inference queue runs one worker per GPU."""
         path = self.require_weights()
-        key = (str(device), path, os.stat(path).st_mtime_ns)
+        weights = (path, os.stat(path).st_mtime_ns)
         with self._lock:
-            if self._network and self._network[0] == key:
-                return self._network[1], key[1:]
-            self._network = None
-            self.inferer.clear()  # embeddings of the old weights can never be used again: free them now
+            cached = self._networks.get(str(device))
+            if cached and cached[0] == weights:
+                return cached[1], weights
+            if any(other != weights for other, _ in self._networks.values()):
+                self._networks.clear()
+                self.inferer.clear()  # embeddings of the old weights can never be used again: free them now
             with torch.random.fork_rng():
                 torch.manual_seed(0)
                 network = self.network_factory()
-            logger.info(f"VISTA3D: loading {path}")
+            logger.info(f"VISTA3D: loading {path} on {device}")
             network.load_state_dict(load_state_dict(path, map_location="cpu"), strict=True)
             network = network.to(torch.device(device)).eval()
-            self._network = (key, network)
-            return network, key[1:]
+            self._networks[str(device)] = (weights, network)
+            return network, weights
 
     # ------------------------------------------------------------------ classes
     def extra_classes(self) -> dict[str, int]:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
-
 import torch
+
+from lib.datastore.atomic import write_atomically
 
 
 def load_state_dict(path: str, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
@@ -17,13 +16,25 @@ def load_state_dict(path: str, map_location: str | torch.device = "cpu") -> dict
 
 
 def save_atomically(state_dict: dict[str, torch.Tensor], path: str) -> None:
-    """Readers (the infer tasks reload on mtime change) never see a half-written file."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(state_dict, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """Readers (the infer tasks reload on mtime change) never see a half-written file, nor does a restart after a crash."""
+    write_atomically(path, lambda f: torch.save(state_dict, f))
+
+
+def write_training_checkpoints_atomically() -> None:
+    """MONAI's CheckpointSaver has ignite's DiskSaver write in place (``atomic=False``, for the file permissions
+    ignite's temporary files lack): killed while it writes, a run leaves a truncated ``model.pt`` that the next
+    run resumes from and fails on. Its writes go through :func:`write_atomically` instead. Idempotent."""
+    from ignite.handlers import DiskSaver
+
+    if getattr(DiskSaver._save_func, "atomic_writes", False):
+        return
+    in_place = DiskSaver._save_func
+
+    def _save_func(self, checkpoint, path, func):
+        if self._atomic:
+            return in_place(self, checkpoint, path, func)
+        write_atomically(str(path), lambda f: func(checkpoint, f, **self.kwargs))
+
+    _save_func.atomic_writes = True
+    DiskSaver._save_func = _save_func
+

@@ -42,6 +42,7 @@ def _rules() -> dict[tuple[str, str], Rule]:
         ("GET", "/static/{path:path}"): Rule(USER),
         ("GET", "/ohif/{path:path}"): Rule(USER),
         ("GET", "/info/"): Rule(USER),
+        ("GET", "/queue/"): Rule(USER),
         ("POST", "/infer/{model}"): Rule(USER),
         ("POST", "/infer/wsi/{model}"): Rule(USER),
         ("POST", "/infer/wsi_v2/{model}"): Rule(USER),
