@@ -8,6 +8,7 @@ saying so (``"selected_by": "random"`` and a ``note``), while no candidate has a
 from __future__ import annotations
 
 import logging
+from abc import abstractmethod
 
 import numpy as np
 from monailabel.interfaces.datastore import Datastore
@@ -21,10 +22,6 @@ from lib.activelearning.selection import class_entropy_pick, coverage_pick, gumb
 logger = logging.getLogger(__name__)
 
 
-def _unlabelled(request, datastore: Datastore) -> list[str]:
-    return datastore.get_unlabeled_images(request.get("label_tag"), request.get("labels"))
-
-
 def _at_random(request, datastore: Datastore, note: str):
     result = Random()(request, datastore)
     if result:
@@ -33,90 +30,88 @@ def _at_random(request, datastore: Datastore, note: str):
     return result
 
 
-class Uncertainty(Strategy):
-    """The unlabeled study with the highest stored score (MC dropout BALD) under image info ``key``."""
+class _FromRecords(Strategy):
+    """A strategy that ranks the unlabeled studies whose record under image info ``key`` has
+    ``field``, comparing only the records of one model."""
 
-    def __init__(self, key: str):
-        super().__init__(f"Study the model is least certain about (highest '{key}' score)")
+    field = ""
+
+    def __init__(self, description: str, key: str):
+        super().__init__(description)
         self.key = key
 
     def __call__(self, request, datastore: Datastore):
-        images = _unlabelled(request, datastore)
+        images = datastore.get_unlabeled_images(request.get("label_tag"), request.get("labels"))
         if not images:
             return None
-        scored = records_with(datastore, images, self.key, "score")
-        if not scored:
-            return _at_random(request, datastore, f"no unlabeled study has a '{self.key}' score yet (POST /scoring/{self.key})")
-        model, ranked = of_one_model(scored)
-        image_id = max(sorted(ranked), key=lambda i: ranked[i]["score"])
-        logger.info(f"uncertainty: {image_id} (score {ranked[image_id]['score']:.5f}) out of {len(ranked)} scored by {model}")
-        return {
-            "id": image_id,
-            "selected_by": "uncertainty",
-            "score": ranked[image_id]["score"],
-            "ranked": len(ranked),
-            "unscored": len(images) - len(scored),
-        }
+        records = records_with(datastore, images, self.key, self.field)
+        if not records:
+            return _at_random(request, datastore, f"no unlabeled study has a '{self.key}' record with {self.field} yet (POST /scoring/{self.key})")
+        model, group = of_one_model(records)
+        answer = self.pick(request, datastore, model, group)
+        if answer:
+            answer["unscored"] = len(images) - len(records)
+        return answer
+
+    @abstractmethod
+    def pick(self, request, datastore: Datastore, model: tuple, records: dict[str, dict]) -> dict | None:
+        """The answer, from the candidates' ``records`` (all of ``model``)."""
 
 
-class Diversity(Strategy):
+class Uncertainty(_FromRecords):
+    """The unlabeled study with the highest stored score (MC dropout BALD) under image info ``key``."""
+
+    field = "score"
+
+    def __init__(self, key: str):
+        super().__init__(f"Study the model is least certain about (highest '{key}' score)", key)
+
+    def pick(self, request, datastore, model, records):
+        image_id = max(sorted(records), key=lambda i: records[i]["score"])
+        logger.info(f"uncertainty: {image_id} (score {records[image_id]['score']:.5f}) out of {len(records)} scored by {model}")
+        return {"id": image_id, "selected_by": "uncertainty", "score": records[image_id]["score"], "ranked": len(records)}
+
+
+class Diversity(_FromRecords):
     """The study that best covers the part of the pool no labelled study covers, in the current
     model's feature space (:func:`~lib.activelearning.selection.coverage_pick`). Studies other
     clients are annotating count as labelled."""
 
-    def __init__(self, key: str):
-        super().__init__("Study most typical of the studies unlike any labelled one (the model's encoder features)")
-        self.key = key
+    field = "features"
 
-    def __call__(self, request, datastore: Datastore):
-        images = _unlabelled(request, datastore)
-        if not images:
-            return None
-        featured = records_with(datastore, images, self.key, "features")
-        if not featured:
-            return _at_random(request, datastore, f"no unlabeled study has '{self.key}' features yet (POST /scoring/{self.key})")
-        model, group = of_one_model(featured)
+    def __init__(self, key: str):
+        super().__init__("Study most typical of the studies unlike any labelled one (the model's encoder features)", key)
+
+    def pick(self, request, datastore, model, records):
         held = getattr(datastore, "held_by_others", lambda: set())()
         covering = records_with(datastore, set(datastore.get_labeled_images()) | held, self.key, "features")
         known = [decode_features(r["features"]) for r in covering.values() if model_of(r) == model]
-        candidates = sorted(group)
-        features = np.stack([decode_features(group[i]["features"]) for i in candidates])
+        candidates = sorted(records)
+        features = np.stack([decode_features(records[i]["features"]) for i in candidates])
         index = coverage_pick(np.stack(known) if known else features[:0], features)
         logger.info(f"diversity: {candidates[index]} out of {len(candidates)}, against {len(known)} labelled or held, by {model}")
-        return {
-            "id": candidates[index],
-            "selected_by": "diversity",
-            "ranked": len(candidates),
-            "covered_by": len(known),
-            "unscored": len(images) - len(featured),
-        }
+        return {"id": candidates[index], "selected_by": "diversity", "ranked": len(candidates), "covered_by": len(known)}
 
 
-class ClassEntropy(Strategy):
+class ClassEntropy(_FromRecords):
     """The structure with the fewest labelled voxels so far, and of the studies predicted to hold
     it, one picked by that structure's entropy with Gumbel noise that decays as studies get
     labelled (:func:`~lib.activelearning.selection.class_entropy_pick`)."""
 
+    field = "structures"
+
     def __init__(self, key: str, channels: dict[str, int], noise_scale: float = 1.0, rng: np.random.Generator | None = None):
-        super().__init__("Study most uncertain about the structure labelled least so far (class-stratified entropy, decaying noise)")
-        self.key = key
+        super().__init__("Study most uncertain about the structure labelled least so far (class-stratified entropy, decaying noise)", key)
         self.channels = dict(channels)
         self.names = {c: n for n, c in self.channels.items()}
         self.noise_scale = noise_scale
         self.labelled_voxels = LabelledVoxels(self.channels)
         self.rng = rng or np.random.default_rng()
 
-    def __call__(self, request, datastore: Datastore):
-        images = _unlabelled(request, datastore)
-        if not images:
-            return None
-        scored = records_with(datastore, images, self.key, "structures")
-        if not scored:
-            return _at_random(request, datastore, f"no unlabeled study has '{self.key}' structure scores yet (POST /scoring/{self.key})")
-        model, group = of_one_model(scored)
-        candidates = sorted(group)
+    def pick(self, request, datastore, model, records):
+        candidates = sorted(records)
         labelled, studies = self.labelled_voxels(datastore)
-        voxels, entropy = structure_arrays((group[i] for i in candidates), self.channels, self.labelled_voxels.size)
+        voxels, entropy = structure_arrays((records[i] for i in candidates), self.channels, self.labelled_voxels.size)
         picked = class_entropy_pick(labelled, voxels, entropy, studies, self.noise_scale, self.rng)
         if picked is None:
             return _at_random(request, datastore, "the model predicts no structure in any unlabeled study")
@@ -131,7 +126,6 @@ class ClassEntropy(Strategy):
             "structure_entropy": float(entropy[index, target]),
             "noise_scale": gumbel_scale(studies, self.noise_scale),
             "ranked": len(candidates),
-            "unscored": len(images) - len(scored),
         }
 
 
