@@ -22,7 +22,7 @@ MODEL_FIELDS = ("model", "model_mtime")
 
 
 def encode_features(features: torch.Tensor) -> str:
-    """float16, little-endian, base64: 256 features in 344 characters of JSON."""
+    """float16, little-endian, base64: the 256 features of the wholebody SegResNet in 684 characters of JSON."""
     return base64.b64encode(features.detach().cpu().numpy().astype("<f2").tobytes()).decode("ascii")
 
 
