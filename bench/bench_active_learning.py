@@ -20,7 +20,7 @@ trapezoids) per strategy and pair, and its paired difference to ``random`` and t
 ``foreground_random``: mean, spread and wins. Writes a CSV of every round
 (``strategy, repeat, labelled, heldout_dice, ...``), a CSV of the areas and a PNG. Not CI.
 
-    nice -n 19 $V/bin/python bench/bench_active_learning.py --threads 1            # CPU, ~2 h here
+    nice -n 19 $V/bin/python bench/bench_active_learning.py --threads 1            # CPU: ~1 h alone, 2-3 h shared
     $V/bin/python bench/bench_active_learning.py --pairs 1 --pool 6 --held-out 2 --rounds 2 \\
         --warmup-steps 4 --steps 2 --out /tmp/al                                    # the harness, ~1 min
     $V/bin/python bench/bench_active_learning.py --network bundle --pixdim 3 --device cuda --lr 1e-4
@@ -68,7 +68,7 @@ CHANNELS = 105
 NAMES = {v: k for k, v in wholebody_labels().items()}
 STRATEGIES = ("random", "foreground_random", "uncertainty", "diversity", "class_entropy", "diversity_then_class_entropy")
 # What a plain run compares: ``uncertainty`` lost to ``random`` in the earlier study (README), so it
-# is left out to keep the run within ~2 hours on a shared 2-core CPU (``--strategies`` adds it).
+# is left out to keep the run within ~2.5 hours on a shared 2-core CPU (``--strategies`` adds it).
 DEFAULT_STRATEGIES = tuple(s for s in STRATEGIES if s != "uncertainty")
 BASELINES = ("random", "foreground_random")
 COLOURS = {
@@ -364,7 +364,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--network", choices=sorted(NETWORKS), default="small")
     parser.add_argument("--pixdim", type=float, default=10.0, help="mm; the bundle's lowres model is 3")
-    parser.add_argument("--pool", type=int, default=24, help="studies in the pool (the real CT and phantoms)")
+    parser.add_argument("--pool", type=int, default=20, help="studies in the pool (the real CT and phantoms)")
     parser.add_argument("--held-out", type=int, default=8)
     parser.add_argument("--pairs", type=int, default=5, help="paired seeds")
     parser.add_argument("--rounds", type=int, default=5, help="studies labelled after the first")

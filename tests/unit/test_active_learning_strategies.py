@@ -158,19 +158,23 @@ def test_noisy_pick_draws_in_proportion_to_score_to_the_power_one_over_scale():
 
 def test_class_entropy_asks_for_the_least_labelled_structure_that_a_candidate_holds():
     #                 background, liver, spleen, aorta, kidney
-    labelled = np.array([10**6, 5000, 300, 0, 0])
+    labelled = np.array([10**6, 5000, 300, 40, 0])
     predicted = np.array(
         [
-            [900, 400, 60, 0, MIN_PREDICTED_VOXELS - 1],  # a stray kidney voxel or seven: not a kidney
+            [900, 400, 60, 0, 9],
             [900, 400, 0, 30, 0],
-            [900, 400, 50, 20, 0],
+            [900, 400, 50, MIN_PREDICTED_VOXELS - 1, 0],  # stray aorta voxels: no aorta in this study
         ]
     )
     entropy = np.array([[0.1, 0.2, 0.3, np.nan, 2.0], [0.1, 0.2, np.nan, 0.4, np.nan], [0.1, 0.2, 0.5, 0.9, np.nan]])
-    assert fewest_labelled_structure(labelled, predicted) == 3, "the aorta: none labelled, two studies hold it"
-    assert class_entropy_pick(labelled, predicted, entropy, 2, 0.0, np.random.default_rng(0)) == (2, 3)
-    # Ties in labelled voxels: the structure predicted largest over the candidates.
-    assert fewest_labelled_structure(np.array([0, 0, 0, 0, 0]), predicted) == 1
+    # The aorta: the fewest labelled voxels of the labelled structures. The kidney, never labelled, is not asked for.
+    assert fewest_labelled_structure(labelled, predicted) == 3
+    assert class_entropy_pick(labelled, predicted, entropy, 2, 0.0, np.random.default_rng(0)) == (1, 3), "the one study holding it"
+    labelled[3] = 10**4
+    assert class_entropy_pick(labelled, predicted, entropy, 2, 0.0, np.random.default_rng(0)) == (2, 2), "then the spleen"
+    # Nothing labelled yet, or no labelled structure in any candidate: any structure, the one predicted largest first.
+    assert fewest_labelled_structure(np.zeros(5, dtype=int), predicted) == 1
+    assert fewest_labelled_structure(np.array([10**6, 0, 0, 0, 50]), predicted[1:]) == 1
     assert fewest_labelled_structure(labelled, np.zeros((3, 5), dtype=int)) is None
 
 
@@ -252,12 +256,12 @@ def test_class_entropy_counts_saved_labels_by_name_and_targets_the_least_labelle
     assert answer["selected_by"] == "class_entropy" and answer["structure"] == "spleen" and answer["labelled_voxels"] == 50
     assert answer["id"] == "d" and answer["structure_entropy"] == 0.6 and answer["noise_scale"] == 0.0
 
-    # The aorta, never labelled, becomes the target once a candidate is predicted to hold it.
-    store.update_image_info("c", record(score=0.1, structures={"liver": [0.9, 500], "aorta": [0.2, 40]}))
-    assert strategy({}, store)["structure"] == "aorta" and strategy({}, store)["id"] == "c"
-    # A saved label changes the counts: its file is read again.
-    save_label(store, tmp_path, "b", {7: 900}, {"label_names": {"aorta": 7}})
+    # The aorta, predicted but in no saved label, is not asked for; once labelled, it is counted.
+    store.update_image_info("c", record(score=0.1, structures={"liver": [0.9, 500], "spleen": [0.1, 80], "aorta": [0.2, 40]}))
     assert strategy({}, store)["structure"] == "spleen"
+    save_label(store, tmp_path, "b", {7: 20}, {"label_names": {"aorta": 7}})  # its file is read as it is saved
+    answer = strategy({}, store)
+    assert (answer["structure"], answer["labelled_voxels"], answer["id"]) == ("aorta", 20, "c")
 
 
 def test_strategies_say_when_they_fall_back_to_random_and_the_combination_switches(tmp_path):

@@ -49,20 +49,30 @@ MIN_PREDICTED_VOXELS = 8
 
 
 def fewest_labelled_structure(labelled_voxels: np.ndarray, predicted_voxels: np.ndarray) -> int | None:
-    """The channel to ask for: of the structures some candidate is predicted to hold, the one with
-    the fewest labelled voxels so far; on a tie, the one predicted largest over the candidates.
+    """The channel to ask for: of the structures that some saved label holds and some candidate is
+    predicted to hold, the one with the fewest labelled voxels so far; on a tie, the one predicted
+    largest over the candidates. When no candidate holds a labelled structure (nothing labelled
+    yet), any structure a candidate holds.
+
+    Structures no saved label holds are not asked for: annotators label the structures they work
+    on, not all 104, and a structure nobody labels would be asked for forever. (In the simulated
+    study a model trained on few studies also predicts stray voxels of absent structures, such as
+    "face" in a trunk phantom, which would be asked for first.)
 
     ``labelled_voxels`` (C,): voxels per channel in the saved labels. ``predicted_voxels`` (N, C):
     voxels each candidate's mean prediction labels with each channel; a candidate holds a
     structure from :data:`MIN_PREDICTED_VOXELS` on. Channel 0 (background) is never a target.
-    None when no candidate holds any structure.
+    None when no candidate holds a structure that may be asked for.
     """
+    labelled_voxels = np.asarray(labelled_voxels)
     held = np.where(predicted_voxels >= MIN_PREDICTED_VOXELS, predicted_voxels, 0).sum(axis=0).astype(np.float64)
     held[0] = 0.0
-    present = np.flatnonzero(held > 0)
+    present = np.flatnonzero((held > 0) & (labelled_voxels > 0))
+    if not len(present):
+        present = np.flatnonzero(held > 0)
     if not len(present):
         return None
-    order = np.lexsort((-held[present], np.asarray(labelled_voxels)[present]))
+    order = np.lexsort((-held[present], labelled_voxels[present]))
     return int(present[order[0]])
 
 
