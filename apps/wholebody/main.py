@@ -28,9 +28,9 @@ from lib.server.errors import NotFoundError, check_id
 
 logger = logging.getLogger(__name__)
 
-# The strategy /info/ lists first: the one that beat random in the simulated annotation study
-# (bench/bench_active_learning.py, README "Active learning").
-FIRST_STRATEGY = "diversity_then_class_entropy"
+# The strategy /info/ lists first, Slicer's default: random, because no model strategy beat it in
+# the simulated annotation study (bench/bench_active_learning.py, README "Active learning").
+FIRST_STRATEGY = "random"
 
 # MONAI Label tracks training runs in MLflow's file store, which MLflow 3 refuses unless allowed.
 os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")

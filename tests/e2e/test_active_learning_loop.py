@@ -1,6 +1,6 @@
-"""The active learning loop through the 3D Slicer module's own client, two annotators at once:
-next sample by the strategy ``/info/`` lists first (Slicer's default) and by uncertainty, infer,
-save label, train, the scores follow the new model, next sample."""
+"""The active learning loop through the 3D Slicer module's own client, three annotators at once:
+next sample by the strategy ``/info/`` lists first (Slicer's default), by diversity then class
+entropy, and by uncertainty; infer, save label, train, the scores follow the new model, next sample."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from lib.phantom import write_phantom
 pytestmark = pytest.mark.e2e
 
 KEY = "wholebody_uncertainty"
-FIRST = "diversity_then_class_entropy"  # what the simulated annotation study measured best
+FIRST = "random"  # listed first in /info/: nothing beat it in the simulated annotation study
+COMBINED = "diversity_then_class_entropy"
 # Small phantoms at the lowres model's 3 mm, one inference window each.
 PHANTOM = {"shape": (64, 54, 42), "spacing": (3.0, 3.0, 3.0)}
 
@@ -51,23 +52,26 @@ def test_next_sample_infer_save_train_next_sample(start_server, tmp_path):
     conf = {"models": "wholebody", "highres": "false", "al_mc_samples": "2", "al_roi": "48", "al_diversity_studies": "1"}
     server = start_server(conf, studies=studies)
     Client = slicer_client_class()
-    first, second = Client(server.url, str(tmp_path), "annotator-1"), Client(server.url, str(tmp_path), "annotator-2")
+    first, second, third = (Client(server.url, str(tmp_path), f"annotator-{i}") for i in (1, 2, 3))
 
     info = first.info()
     assert list(info["strategies"])[0] == FIRST, list(info["strategies"])
-    assert {"uncertainty", "diversity", "class_entropy", "random", "first"} <= set(info["strategies"]) and KEY in info["scoring"]
+    assert {COMBINED, "diversity", "class_entropy", "uncertainty", "first"} <= set(info["strategies"]) and KEY in info["scoring"]
 
     # Scoring started with the server, in the background, with the untrained (seeded) weights.
     before = wait_for_scores(first, "untrained")
     assert set(before) == {"ct", "phantom1", "phantom2", "phantom3"}
     assert all(r["structures"] and r["features"] for r in before.values()), before
 
+    # Three annotators at once: Slicer's default strategy, the combined one and uncertainty.
     sample = first.next_sample(FIRST, {})
-    assert sample["selected_by"] == "diversity" and sample["covered_by"] == 0, sample
-    taken = second.next_sample("uncertainty", {})
+    combined = second.next_sample(COMBINED, {})
+    assert combined["selected_by"] == "diversity" and combined["covered_by"] == 1, "the study annotator-1 holds counts as covered"
+    taken = third.next_sample("uncertainty", {})
     assert taken["selected_by"] == "uncertainty", taken
-    free = {i: r for i, r in before.items() if i != sample["id"]}
+    free = {i: r for i, r in before.items() if i not in (sample["id"], combined["id"])}
     assert taken["id"] == max(free, key=lambda i: free[i]["score"]), "one study handed out to two annotators"
+    assert len({sample["id"], combined["id"], taken["id"]}) == 3
 
     slicer_params = {"result_extension": ".nrrd", "result_dtype": "uint8"}
     result_file, params = first.infer("wholebody", sample["id"], slicer_params)
@@ -88,9 +92,10 @@ def test_next_sample_infer_save_train_next_sample(start_server, tmp_path):
     assert set(after) == {"ct", "phantom1", "phantom2", "phantom3"} - {sample["id"]}
 
     following = first.next_sample(FIRST, {})
-    assert following["selected_by"] == "class_entropy", following
-    assert following["structure"] in info["models"]["wholebody"]["labels"] and following["id"] in after, following
-    assert following["id"] != taken["id"], "a study another annotator holds"
+    assert following["id"] in after and following["id"] not in (combined["id"], taken["id"]), following
     assert following[KEY]["model"] == "wholebody_lowres.pt"
-    again = second.next_sample("uncertainty", {})
-    assert again["selected_by"] == "uncertainty" and again["id"] not in (sample["id"], following["id"]), again
+    by_class = second.next_sample(COMBINED, {})  # one study labelled: class entropy from now on
+    assert by_class["selected_by"] == "class_entropy" and by_class["structure"] in info["models"]["wholebody"]["labels"], by_class
+    assert by_class["id"] not in (following["id"], taken["id"]), "a study another annotator holds"
+    again = third.next_sample("uncertainty", {})
+    assert again["selected_by"] == "uncertainty" and again["id"] not in (following["id"], by_class["id"]), again
