@@ -26,7 +26,7 @@ from lib.activelearning.selection import (
     gumbel_scale,
     noisy_pick,
 )
-from lib.activelearning.strategies import ClassEntropy, Diversity, DiversityThenClassEntropy
+from lib.activelearning.strategies import ClassEntropy, Diversity, DiversityThenClassEntropy, Uncertainty
 from lib.datastore.local import CheckedLocalDatastore
 from lib.phantom import make_phantom, ras_affine
 from lib.weights.checkpoints import save_atomically
@@ -277,6 +277,20 @@ def test_strategies_say_when_they_fall_back_to_random_and_the_combination_switch
     save_label(store, tmp_path, "a", {5: 10}, {})
     answer = combined({}, store)
     assert answer["selected_by"] == "class_entropy" and answer["id"] == "d" and answer["structure"] == "liver"
+
+
+def test_records_a_client_wrote_in_another_shape_are_ignored(tmp_path):
+    """Any annotator can write image info (PUT /datastore/image/info): next-sample must still answer."""
+    store = datastore(tmp_path / "studies", names=("a", "b", "c", "d", "e"))
+    store.update_image_info("a", record(score=0.1, features=features(1, 0), structures={"liver": [0.5, 100]}))
+    store.update_image_info("b", record(score="high", features="not base64!", structures={"liver": "much"}))
+    store.update_image_info("c", record(score=float("inf"), features=features(1, 0, 0, 0), structures=["liver"]))
+    store.update_image_info("d", record(score=0.2, features=features(0, 1), structures={"liver": [0.9, 1e300]}))
+    store.update_image_info("e", {SCORE_KEY: "not a record"})
+    assert Diversity(SCORE_KEY)({}, store)["ranked"] == 2, "b undecodable, c another length"
+    assert Uncertainty(SCORE_KEY)({}, store)["id"] == "d"
+    answer = ClassEntropy(SCORE_KEY, CHANNELS, noise_scale=0.0)({}, store)
+    assert answer["id"] == "d" and answer["ranked"] == 2 and answer["unscored"] == 3
 
 
 def test_the_scorer_keeps_structure_scores_and_features_and_features_of_labelled_studies(tmp_path):

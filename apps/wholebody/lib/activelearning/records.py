@@ -13,6 +13,8 @@ labelled studies too (without a score), so that diversity compares like with lik
 from __future__ import annotations
 
 import base64
+import binascii
+import math
 from typing import Any, Iterable
 
 import numpy as np
@@ -42,7 +44,7 @@ def structures_record(entropy: torch.Tensor, voxels: torch.Tensor, names: dict[i
 def structure_arrays(records: Iterable[dict], channels: dict[str, int], size: int) -> tuple[np.ndarray, np.ndarray]:
     """(voxels (N, C), entropy (N, C)) from records' ``structures``; unlisted structures: 0 voxels."""
     records = list(records)
-    voxels = np.zeros((len(records), size), dtype=np.int64)
+    voxels = np.zeros((len(records), size))
     entropy = np.full((len(records), size), np.nan)
     for i, record in enumerate(records):
         for name, (h, n) in record.get("structures", {}).items():
@@ -55,12 +57,31 @@ def model_of(record: dict) -> tuple:
     return tuple(record.get(k) for k in MODEL_FIELDS)
 
 
+def well_formed(field: str, value: Any) -> bool:
+    """Whether ``value`` is what a scoring run writes under ``field``: image info can also be written
+    by any client (``PUT /datastore/image/info``), and a malformed record must not break next-sample."""
+    if field == "score":
+        return isinstance(value, (int, float)) and math.isfinite(value)
+    if field == "features":
+        try:
+            features = decode_features(value)
+        except (TypeError, ValueError, binascii.Error):
+            return False
+        return len(features) > 0 and bool(np.isfinite(features).all())
+    if field == "structures":
+        return isinstance(value, dict) and all(
+            isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, (int, float)) and math.isfinite(x) for x in v)
+            for v in value.values()
+        )
+    return value is not None
+
+
 def records_with(datastore, image_ids: Iterable[str], key: str, field: str) -> dict[str, dict]:
-    """image id -> its record under ``key`` for the studies whose record has ``field``."""
+    """image id -> its record under ``key`` for the studies whose record has a well-formed ``field``."""
     found = {}
     for image_id in image_ids:
         record = datastore.get_image_info(image_id).get(key)
-        if isinstance(record, dict) and record.get(field) is not None:
+        if isinstance(record, dict) and well_formed(field, record.get(field)):
             found[image_id] = record
     return found
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from abc import abstractmethod
+from collections import Counter
 
 import numpy as np
 from monailabel.interfaces.datastore import Datastore
@@ -83,11 +84,13 @@ class Diversity(_FromRecords):
         super().__init__("Study most typical of the studies unlike any labelled one (the model's encoder features)", key)
 
     def pick(self, request, datastore, model, records):
+        decoded = {i: decode_features(r["features"]) for i, r in records.items()}
+        size = Counter(len(f) for f in decoded.values()).most_common(1)[0][0]  # the network's; others are not its
+        candidates = sorted(i for i, f in decoded.items() if len(f) == size)
+        features = np.stack([decoded[i] for i in candidates])
         held = getattr(datastore, "held_by_others", lambda: set())()
         covering = records_with(datastore, set(datastore.get_labeled_images()) | held, self.key, "features")
-        known = [decode_features(r["features"]) for r in covering.values() if model_of(r) == model]
-        candidates = sorted(records)
-        features = np.stack([decode_features(records[i]["features"]) for i in candidates])
+        known = [f for f in (decode_features(r["features"]) for r in covering.values() if model_of(r) == model) if len(f) == size]
         index = coverage_pick(np.stack(known) if known else features[:0], features)
         logger.info(f"diversity: {candidates[index]} out of {len(candidates)}, against {len(known)} labelled or held, by {model}")
         return {"id": candidates[index], "selected_by": "diversity", "ranked": len(candidates), "covered_by": len(known)}
