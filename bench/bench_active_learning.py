@@ -20,7 +20,7 @@ trapezoids) per strategy and pair, and its paired difference to ``random`` and t
 ``foreground_random``: mean, spread and wins. Writes a CSV of every round
 (``strategy, repeat, labelled, heldout_dice, ...``), a CSV of the areas and a PNG. Not CI.
 
-    nice -n 19 $V/bin/python bench/bench_active_learning.py --threads 1            # CPU: ~1 h alone, 2-3 h shared
+    nice -n 19 $V/bin/python bench/bench_active_learning.py --threads 1            # CPU: 95 min here with other jobs
     $V/bin/python bench/bench_active_learning.py --pairs 1 --pool 6 --held-out 2 --rounds 2 \\
         --warmup-steps 4 --steps 2 --out /tmp/al                                    # the harness, ~1 min
     $V/bin/python bench/bench_active_learning.py --network bundle --pixdim 3 --device cuda --lr 1e-4
