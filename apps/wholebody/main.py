@@ -32,6 +32,10 @@ from lib.weights.checkpoints import write_training_checkpoints_atomically
 
 logger = logging.getLogger(__name__)
 
+# The strategy /info/ lists first, Slicer's default: random, because no model strategy beat it in
+# the simulated annotation study (bench/bench_active_learning.py, README "Active learning").
+FIRST_STRATEGY = "random"
+
 # MONAI Label tracks training runs in MLflow's file store, which MLflow 3 refuses unless allowed.
 os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
 
@@ -145,15 +149,18 @@ class WholeBodyApp(MONAILabelApp):
 
     # --- active learning: strategies, scoring, hand-outs (lib/activelearning/; README "Active learning") ---
     def init_strategies(self) -> Dict[str, Strategy]:
-        """``random``, ``first`` and the models' own (``uncertainty``), each handing out only studies
-        that no other client is annotating."""
+        """``random``, ``first`` and the models' own (``diversity_then_class_entropy``, ``diversity``,
+        ``class_entropy``, ``uncertainty``), each handing out only studies that no other client is
+        annotating. ``FIRST_STRATEGY`` is listed first: Slicer's "Next Sample" uses it unless the
+        annotator picks another."""
         self.handouts = Handouts(
             self.options.float("al_lock_minutes", 30.0, low=0.0), path=os.path.join(self.model_dir, "handouts.json")
         )
         chosen: Dict[str, Strategy] = {"random": Random(), "first": First()}
         for config in self.models.values():
             chosen.update(self._by_name(config.strategy(), config.name))
-        return {name: Exclusive(strategy, self.handouts) for name, strategy in chosen.items()}
+        ordered = {name: chosen[name] for name in (FIRST_STRATEGY,) if name in chosen} | chosen
+        return {name: Exclusive(strategy, self.handouts) for name, strategy in ordered.items()}
 
     def init_scoring_methods(self) -> Dict[str, ScoringMethod]:
         methods: Dict[str, ScoringMethod] = {}
