@@ -14,7 +14,7 @@ import torch
 from monai.networks.nets import SegResNet
 
 from lib.activelearning.handout import Exclusive, Handouts
-from lib.activelearning.labelled_voxels import LabelledVoxels, value_to_channel
+from lib.activelearning.labelled_voxels import LabelledVoxels, channel_table
 from lib.activelearning.mc_dropout import enable_mc_dropout, mc_dropout_features, mc_dropout_uncertainty
 from lib.activelearning.records import decode_features, encode_features, structures_record
 from lib.activelearning.scoring import SCORE_KEY, WholeBodyUncertainty
@@ -30,7 +30,6 @@ from lib.activelearning.strategies import ClassEntropy, Diversity, DiversityThen
 from lib.datastore.local import CheckedLocalDatastore
 from lib.phantom import make_phantom, ras_affine
 from lib.weights.checkpoints import save_atomically
-
 
 
 @pytest.fixture(autouse=True)
@@ -180,10 +179,17 @@ def test_class_entropy_asks_for_the_least_labelled_structure_that_a_candidate_ho
 
 def test_saved_label_values_map_to_channels_by_name():
     channels = {"spleen": 1, "liver": 5, "aorta": 7}
-    slicer = {"label_info": [{"name": "Liver", "idx": 1}, {"name": "aorta", "idx": 2}, {"name": "tumour", "idx": 3}]}
-    assert value_to_channel(slicer, channels) == {1: 5, 2: 7}
-    assert value_to_channel({"params": {"label_names": {"spleen": 1}}}, channels) == {1: 1}
-    assert value_to_channel({}, channels) == {1: 1, 5: 5, 7: 7}, "no names: values are this model's channels"
+    slicer = {"label_info": [{"name": "Liver", "idx": 1}, {"name": "Aorta", "idx": 2}, {"name": "tumour", "idx": 3}]}
+
+    def mapped(info, layers=1):
+        table = channel_table(info, channels, layers)
+        return {(layer, value): int(c) for layer in range(layers) for value, c in enumerate(table[layer].tolist()) if c}
+
+    assert mapped(slicer) == {(0, 1): 5, (0, 2): 7}
+    assert mapped({"params": {"label_names": {"Spleen": 1}}}) == {(0, 1): 1}
+    assert mapped({}) == {(0, 1): 1, (0, 5): 5, (0, 7): 7}, "no names: values are this model's channels"
+    layered = {"label_info": [{"name": "liver", "idx": 1}, {"name": "spleen", "idx": 1, "layer": 1}]}
+    assert mapped(layered, layers=2) == {(0, 1): 5, (1, 1): 1}, "overlapping segments: each layer its own"
 
 
 # --- the strategies on a datastore ---

@@ -8,24 +8,27 @@ import threading
 
 import numpy as np
 import torch
-from monai.transforms import LoadImage
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 
-from lib.labels.saved import saved_label_names
-from lib.transforms.partial_labels import normalise_name
+from lib.datastore.image_check import read_header, read_volume
+from lib.labels.names import NameResolver
+from lib.labels.saved import saved_segments
+from lib.transforms.partial_labels import MAX_VALUE, value_table
 
 logger = logging.getLogger(__name__)
 
 
-def value_to_channel(info: dict, channels: dict[str, int]) -> dict[int, int]:
-    """Saved label value -> model channel, matched by segment name as the trainer's
-    ``PartialLabelsd`` does (values of names the model lacks are left out); without names, the
-    values are the channels (labels written from this model's own infer results)."""
-    names = saved_label_names(info)
-    if not names:
-        return {c: c for c in channels.values()}
-    by_name = {normalise_name(k): v for k, v in channels.items()}
-    return {int(v): by_name[normalise_name(n)] for n, v in names.items() if normalise_name(n) in by_name}
+def channel_table(info: dict, channels: dict[str, int], layers: int = 1) -> torch.Tensor:
+    """(layers, 256): a saved label's value in a layer -> the model's channel, matched by segment as the
+    trainer's ``PartialLabelsd`` does (0 for segments the model lacks); without segments the values are
+    the channels (labels written from this model's own infer results)."""
+    segments = saved_segments(info)
+    if segments:
+        return value_table(segments, NameResolver(channels), layers)
+    table = torch.zeros(layers, MAX_VALUE + 1, dtype=torch.long)
+    for channel in channels.values():
+        table[:, channel] = channel
+    return table
 
 
 class LabelledVoxels:
@@ -37,7 +40,6 @@ class LabelledVoxels:
         self.size = max(self.channels.values()) + 1
         self.lock = threading.Lock()
         self._counts: dict[str, tuple[tuple, np.ndarray]] = {}
-        self._load = LoadImage(image_only=True)
 
     def __call__(self, datastore: Datastore) -> tuple[np.ndarray, int]:
         """(voxels per channel (C,), how many labelled studies)."""
@@ -59,18 +61,15 @@ class LabelledVoxels:
         cached = self._counts.get(image_id)
         if cached and cached[0] == version:
             return cached[1]
-        mapping = {v: c for v, c in value_to_channel(info, self.channels).items() if v > 0 and 0 < c < self.size}
-        counts = np.zeros(self.size, dtype=np.int64)
-        if mapping:
-            try:
-                values = torch.as_tensor(self._load(path)).flatten().long()
-            except Exception as e:  # an unreadable label must not stop next-sample requests
-                logger.warning(f"class_entropy: label of {image_id} unreadable ({e}); its voxels are not counted")
-                return None
-            top = max(mapping)
-            # Values no structure maps to are dropped before counting: bincount's size stays bounded.
-            per_value = torch.bincount(torch.where((values > 0) & (values <= top), values, 0), minlength=top + 1).numpy()
-            for value, channel in mapping.items():
-                counts[channel] += per_value[value]
+        try:
+            header = read_header(path, layers_allowed=True)
+            values = torch.as_tensor(read_volume(path).reshape((header.layers, -1)).astype(np.int64))
+        except Exception as e:  # an unreadable label must not stop next-sample requests
+            logger.warning(f"class_entropy: label of {image_id} unreadable ({e}); its voxels are not counted")
+            return None
+        table = channel_table(info, self.channels, header.layers)
+        mapped = torch.stack([table[layer][values[layer].clamp(0, MAX_VALUE)] for layer in range(header.layers)])
+        counts = torch.bincount(mapped.flatten(), minlength=self.size)[: self.size].numpy().copy()
+        counts[0] = 0
         self._counts[image_id] = (version, counts)
         return counts
