@@ -22,6 +22,7 @@ from monailabel.tasks.activelearning.random import Random
 import lib.configs
 from lib.activelearning import datastore_info, trigger
 from lib.activelearning.handout import Exclusive, Handouts
+from lib.batch.server_task import StudyBatchInfer
 from lib.conf import Conf, ConfError
 from lib.datastore.local import CheckedLocalDatastore
 from lib.server.errors import NotFoundError, check_id
@@ -107,6 +108,9 @@ class WholeBodyApp(MONAILabelApp):
             infers.update(tasks if isinstance(tasks, dict) else {name: tasks})
         return infers
 
+    def init_batch_infer(self):
+        return StudyBatchInfer()  # per study, failures answered with their reason (lib/batch/server_task.py)
+
     def init_trainers(self) -> Dict[str, TrainTask]:
         if self.options.bool("skip_trainers", False):
             return {}
@@ -164,6 +168,7 @@ class WholeBodyApp(MONAILabelApp):
         # Imported here: the FastAPI app exists only when running under the server.
         from monailabel.app import app as fastapi_app
 
+        from lib.batch import server_request as batch_requests
         from lib.heads import routes as head_routes
         from lib.server import errors as http_errors
         from lib.server import train_requests
@@ -171,6 +176,7 @@ class WholeBodyApp(MONAILabelApp):
         http_errors.install(fastapi_app)
         head_routes.install(fastapi_app, self._infers)
         train_requests.install(self)
+        batch_requests.install(self)
         super().on_init_complete()
 
     def infer(self, request, datastore=None):

@@ -26,6 +26,9 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 SCT = "SCT"
+MANUFACTURER_MODEL = "wholebody app"
+FINAL_TAG = "final"  # MONAI Label's DefaultLabelTag.FINAL: a label a person saved
+FINAL_CONTENT_LABEL = "SEGMENTATION"
 
 # (code value, code meaning) of SNOMED CT concepts from DICOM PS3.16.
 ANATOMICAL_STRUCTURE = ("123037004", "Anatomical Structure")
@@ -203,15 +206,15 @@ def _coded(code: tuple[str, str]):
     return CodedConcept(value=code[0], scheme_designator=SCT, meaning=code[1])
 
 
-def segment_description(number: int, name: str, algorithm: str | None, version: str):
+def segment_description(number: int, name: str, algorithm: str | None, version: str, automatic: bool = False):
     """A highdicom SegmentDescription: SEMIAUTOMATIC with the model named when a model made
-    (and a person saved) the label, MANUAL otherwise."""
+    (and a person saved) the label, AUTOMATIC for a model's output nobody reviewed, MANUAL otherwise."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
     seg_codes = segment_codes(name)
     if algorithm:
-        algorithm_type = hd.seg.SegmentAlgorithmTypeValues.SEMIAUTOMATIC
+        algorithm_type = hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC if automatic else hd.seg.SegmentAlgorithmTypeValues.SEMIAUTOMATIC
         identification = hd.AlgorithmIdentificationSequence(
             name=algorithm, family=codes.cid7162.ArtificialIntelligence, version=version
         )
@@ -254,10 +257,13 @@ def write_seg(
     series_description: str = "MONAI Label",
     series_number: int = 300,
     content_creator: str | None = None,
+    label_tag: str = "final",
 ) -> dict:
     """Writes ``labelmap`` (frames x rows x columns, frame i lying on ``source_files[i]``) as a
     binary DICOM SEG. Label values become consecutive segment numbers (DICOM requires 1..n);
-    returns the SEG's UIDs and ``segments``: [{number, value, name, code}]."""
+    returns the SEG's UIDs and ``segments``: [{number, value, name, code}]. ``label_tag``: the
+    datastore tag it is saved under; any other than ``final`` is a model's output (AUTOMATIC
+    segments, ContentLabel = the tag), which the datastore never takes for a label to train on."""
     import highdicom as hd
     import pydicom
 
@@ -274,7 +280,7 @@ def write_seg(
     for number, value in enumerate(values, start=1):
         lut[value] = number
         name = names.get(value) or f"Segment {value}"
-        descriptions.append(segment_description(number, name, algorithm, version))
+        descriptions.append(segment_description(number, name, algorithm, version, automatic=label_tag != FINAL_TAG))
         codes = segment_codes(name)
         segments.append({"number": number, "value": value, "name": name, "code": codes.type[0]})
     pixel_array = lut[labelmap.astype(np.int64)]
@@ -290,10 +296,10 @@ def write_seg(
         sop_instance_uid=hd.UID(),
         instance_number=1,
         manufacturer="MONAI Label",
-        manufacturer_model_name="wholebody app",
+        manufacturer_model_name=MANUFACTURER_MODEL,
         software_versions=version or "0",
         device_serial_number="0",
-        content_label="SEGMENTATION",
+        content_label=content_label(label_tag),
         content_description=series_description[:64],
         content_creator_name=content_creator,
         series_description=series_description[:64],
@@ -313,6 +319,22 @@ def write_seg(
         "StudyInstanceUID": str(seg.StudyInstanceUID),
         "segments": segments,
     }
+
+
+def content_label(label_tag: str) -> str:
+    """ContentLabel (DICOM CS: A-Z, 0-9, space, _; 16 characters) of a SEG saved under ``label_tag``:
+    a final label is SEGMENTATION, as every SEG this app wrote before tags were stored."""
+    if label_tag == FINAL_TAG:
+        return FINAL_CONTENT_LABEL
+    label = re.sub(r"[^A-Z0-9_ ]", "_", label_tag.upper())[:16]
+    return label if label != FINAL_CONTENT_LABEL else "TAG_SEGMENTATION"
+
+
+def is_training_label(seg) -> bool:
+    """Whether a SEG in the PACS (a pydicom Dataset of its metadata) is a label to train on: every SEG
+    but a model's output that this app stored under a tag other than ``final``."""
+    ours = str(seg.get("ManufacturerModelName", "")) == MANUFACTURER_MODEL
+    return not ours or str(seg.get("ContentLabel", FINAL_CONTENT_LABEL)) == FINAL_CONTENT_LABEL
 
 
 def read_seg(seg_file: str, source_uids: Sequence[str]) -> tuple[np.ndarray, dict[int, str]]:
