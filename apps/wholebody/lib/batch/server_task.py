@@ -30,7 +30,7 @@ class StudyBatchInfer(BatchInferTask):
         if request.get("max_batch_size"):
             image_ids = image_ids[: request["max_batch_size"]]
         devices = self.devices(request)
-        label_tag = request.get("label_tag", DefaultLabelTag.ORIGINAL)
+        label_tag = str(getattr(request.get("label_tag"), "value", request.get("label_tag") or DefaultLabelTag.ORIGINAL.value))
         model = request.get("model")
         logger.info(f"batch infer {model}: {len(image_ids)} studies, label tag '{label_tag}', devices {devices}")
 
@@ -44,7 +44,8 @@ class StudyBatchInfer(BatchInferTask):
                 "device": devices[index % len(devices)],
             }
             try:
-                return run_infer_task(req, datastore, infer)
+                # MONAI Label's infer answers the tag "original" whatever tag it saved under.
+                return {**run_infer_task(req, datastore, infer), "tag": label_tag}
             except Exception as e:  # one study's failure is its answer, not the batch's end
                 logger.warning(f"batch infer {model}: {image_id} failed", exc_info=True)
                 return {"error": failure_reason(e)}
