@@ -175,7 +175,8 @@ def series_uids(orthanc, **filters) -> list[str]:
     return [str(pydicom.Dataset.from_json(s).SeriesInstanceUID) for s in found]
 
 
-def wait_for(predicate, timeout: float, interval: float = 0.5):
+def wait_for(predicate, timeout: float = 30, interval: float = 0.5):
+    """Polls ``predicate`` until it returns something truthy; returns its last value."""
     deadline = time.time() + timeout
     while True:
         value = predicate()

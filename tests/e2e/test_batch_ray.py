@@ -1,7 +1,8 @@
-"""``python -m lib.batch`` on a local Ray with 2 CPUs: three crops of the shared CT and a corrupt file,
-lowres with a random-initialised checkpoint in the official layout. The labels are ``/infer``'s voxel
-for voxel (the infer task run in-process, same torch thread count as the network actor), the corrupt
-study is recorded with its reason without stopping the run, and a rerun computes nothing."""
+"""``python -m lib.batch`` on a local Ray with 2 CPUs, lowres with a random-initialised checkpoint in the
+official layout: three crops of the shared CT and a corrupt file, and the shared series in Orthanc with
+``--to-pacs``. The labels are ``/infer``'s voxel for voxel (the infer task run in-process, same torch
+thread count as the network actor), a failed study is recorded with its reason without stopping the
+run, and a rerun computes nothing."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import APP, CT
+from conftest import APP, CT, PACS_SERIES, retrieve_segs, series_uids
 
 pytestmark = pytest.mark.e2e
 
@@ -115,3 +116,40 @@ def test_batch_on_ray_matches_infer_records_the_failure_and_resumes(studies, mod
     assert {name: os.stat(out / by_study[name]["label"]).st_mtime_ns for name in CROPS} == written
     rerun = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()][len(records):]
     assert [list(r) for r in rerun] == [["run"]] and rerun[0]["run"]["todo"] == 0
+
+
+def test_batch_on_ray_from_a_pacs_stores_segs_back(orthanc, pacs_tools, model_dir, tmp_path, capsys, monkeypatch, ray_shutdown):
+    """DICOMweb studies: fetched by the server's datastore code, labelled as ``/infer`` labels the
+    fetched series, and stored back as an AUTOMATIC SEG that the server never trains on."""
+    from lib.batch.__main__ import main
+    from lib.pacs.seg import is_training_label
+
+    monkeypatch.setenv("RAY_memory_monitor_refresh_ms", "0")
+    monkeypatch.setenv("MONAI_LABEL_DICOMWEB_USERNAME", orthanc.auth[0])
+    monkeypatch.setenv("MONAI_LABEL_DICOMWEB_PASSWORD", orthanc.auth[1])
+    monkeypatch.chdir(APP)
+    stored = pacs_tools.upload([PACS_SERIES], orthanc.dicomweb_url, orthanc.auth)
+    (series_uid,) = next(iter(stored.values()))
+    out = tmp_path / "out"
+    argv = [
+        "--studies", orthanc.dicomweb_url, "--out", str(out), "--to-pacs", "--lowres", "--model-dir", str(model_dir),
+        "--cpus", "2", "--object-store-mb", "500", "--actor-threads", str(THREADS),
+    ]
+
+    assert main(argv) == 0, capsys.readouterr().err[-3000:]
+    (record,) = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines() if '"study"' in line]
+    assert record["study"] == series_uid and record["status"] == "done", record
+    assert set(record["seconds"]) == {"fetch", "preprocess", "network", "write", "pacs"}
+
+    (seg,) = retrieve_segs(orthanc)
+    assert str(seg.SeriesInstanceUID) == record["pacs"]["seg"] and seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series_uid
+    assert seg.ContentLabel == "ORIGINAL" and not is_training_label(seg)
+    assert len(seg.SegmentSequence) == record["pacs"]["segments"] > 5
+
+    torch.set_num_threads(THREADS)
+    fetched = next((out / "dicomweb").glob(f"{series_uid}.nii*"))
+    labels = np.asarray(nib.load(str(out / record["label"])).dataobj)
+    assert np.array_equal(labels, np.asarray(infer_reference(model_dir, str(fetched)).dataobj))
+
+    assert main(argv) == 0
+    assert len(series_uids(orthanc, Modality="SEG")) == 1, "a rerun stores nothing again"
