@@ -38,7 +38,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: CUDA when the cluster has GPUs")
     p.add_argument("--actors", type=int, help="network actors (default: one per GPU, else 1)")
     p.add_argument("--actor-cpus", type=int, default=1, help="CPUs each network actor reserves (default 1)")
-    p.add_argument("--actor-threads", type=int, help="torch threads of a network actor (default --actor-cpus)")
+    p.add_argument("--actor-threads", type=int, help="torch threads of a network actor (default: local Ray, the threads /infer uses here shared among the actors; a cluster, --actor-cpus)")
     p.add_argument("--cpus", type=int, help="local Ray: CPUs to use (default all)")
     p.add_argument("--object-store-mb", type=int, help="local Ray: object store size (default Ray's: 30%% of memory)")
     p.add_argument("--retry-failed", action="store_true", help="also retry studies that failed for good (unreadable, not a CT) before")

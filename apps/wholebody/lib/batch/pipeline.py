@@ -49,7 +49,7 @@ PACS_LABEL_TAG = "original"  # a model's output: stored as AUTOMATIC, never take
 class Resources:
     """Where the run goes: a local Ray (``address`` None) with ``cpus`` and ``object_store_mb``, or an
     existing cluster; ``actors`` network actors (default one per GPU, else 1), each reserving
-    ``actor_cpus`` and running torch on ``actor_threads`` (default ``actor_cpus``)."""
+    ``actor_cpus`` and running torch on ``actor_threads`` threads (see ``threads``)."""
 
     address: str | None = None
     cpus: int | None = None
@@ -58,6 +58,18 @@ class Resources:
     actors: int | None = None
     actor_cpus: int = 1
     actor_threads: int | None = None
+
+    def threads(self, actors: int) -> int:
+        """torch threads per network actor. The summation order, hence near-tied labels, depends on it:
+        on the local Ray the default shares the threads ``/infer`` uses on this machine among the actors
+        (one actor: the server's labels to the voxel); on a cluster, ``actor_cpus``."""
+        if self.actor_threads:
+            return self.actor_threads
+        if self.address:
+            return self.actor_cpus
+        import torch
+
+        return max(self.actor_cpus, torch.get_num_threads() // actors)
 
 
 def run(
@@ -188,6 +200,9 @@ def _dataset(ray, todo: list[Study], source, out_dir: str, model: ModelRun, reso
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the driver prints one line per study instead
     context.enable_auto_log_stats = False
+    # Its advice to reserve memory per task repeats every 30 s; stage memory is bounded by design
+    # (one study per task, one per actor) and the run's peak is measured by bench/bench_batch.py.
+    context.issue_detectors_config.high_memory_detector_config.detection_time_interval_s = -1
     gpus = int(ray.cluster_resources().get("GPU", 0))
     actors = resources.actors or (gpus if model.device == "cuda" else 1)
 
@@ -198,7 +213,7 @@ def _dataset(ray, todo: list[Study], source, out_dir: str, model: ModelRun, reso
     dataset = dataset.map(_Stage("preprocess", _preprocess, model), num_cpus=CPU_TASK_CPUS)
     dataset = dataset.map(
         _NetworkStage,
-        fn_constructor_kwargs={"model": model, "threads": resources.actor_threads or resources.actor_cpus},
+        fn_constructor_kwargs={"model": model, "threads": resources.threads(actors)},
         compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=resources.actor_cpus,
         num_gpus=1 if model.device == "cuda" else 0,

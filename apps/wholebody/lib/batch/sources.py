@@ -12,6 +12,8 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
+from lib.batch.model import BatchError
+
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 
 
@@ -68,9 +70,14 @@ class DicomwebStudies:
     remote = True
 
     def studies(self) -> list[Study]:
+        from fastapi import HTTPException
+
         client, store = self._connection()
-        with store._pacs("listing the series"):
-            series = client.search_for_series(search_filters=self._search_filter(), get_remaining=True)
+        try:
+            with store._pacs("listing the series"):
+                series = client.search_for_series(search_filters=self._search_filter(), get_remaining=True)
+        except HTTPException as e:
+            raise BatchError(f"--studies {self.url}: {e.detail}") from None
         uids = sorted({str(s["0020000E"]["Value"][0]) for s in series if s.get("0020000E", {}).get("Value")})
         return [Study(uid, uid, version=uid) for uid in uids]
 
@@ -145,7 +152,5 @@ def open_studies(studies: str, cache: str, credentials: str | None = None, timeo
         auth = read_credentials(Conf({"dicomweb_credentials": credentials} if credentials else {}))
         return DicomwebStudies(studies.rstrip("/"), os.path.abspath(cache), auth, timeout_s)
     if not os.path.isdir(studies):
-        from lib.batch.model import BatchError
-
         raise BatchError(f"--studies {studies}: not a folder nor an http(s) URL of a DICOMweb service")
     return FolderStudies(studies)
