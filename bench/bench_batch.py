@@ -146,6 +146,7 @@ def main() -> None:
         print(f"{len(studies)} studies ({res}, {args.device}): " + ", ".join("x".join(map(str, s["shape"])) for s in studies), flush=True)
 
         gpu = args.device == "cuda"
+        load_before = os.getloadavg()
         seq_out = tmp / "sequential"
         seq_out.mkdir()
         spec = {"studies": studies, "model_dir": str(model_dir), "highres": args.highres, "device": args.device,
@@ -168,13 +169,15 @@ def main() -> None:
         n = len(studies)
         result = {
             "host": socket.gethostname(), "device": args.device, "res": res, "studies": n, "cpus": args.cpus, "threads": threads,
-            "shapes": [s["shape"] for s in studies],
+            "shapes": ["x".join(map(str, s["shape"])) for s in studies],
             "sequential": {"wall_s": round(seq_wall, 1), "studies_per_hour": round(3600 * n / seq_wall, 1),
                            "stage_seconds": seq["stage_seconds"], "gpu_busy": seq_busy},
             "ray": {"wall_s": round(ray_wall, 1), "studies_per_hour": round(3600 * n / ray_wall, 1),
                     "stage_seconds": summary["stage_seconds"], "done": summary["done"], "failed": summary["failed"], "gpu_busy": ray_busy},
             "speedup": round(seq_wall / ray_wall, 3),
             "agreement_min": min(agree),
+            "agreement": {s["id"]: a for s, a in zip(studies, agree)},
+            "load_average_before": load_before,
             "load_average_after": os.getloadavg(),
         }
         print(f"\n{'':24}{'sequential /infer':>20}{'Ray batch':>14}")

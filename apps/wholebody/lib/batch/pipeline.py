@@ -60,7 +60,7 @@ class Resources:
     actor_threads: int | None = None
 
     def threads(self, actors: int) -> int:
-        """torch threads per network actor. The summation order, hence near-tied labels, depends on it:
+        """torch threads of a network actor (and of preprocessing). Sums, hence near-tied labels, follow it:
         on the local Ray the default shares the threads ``/infer`` uses on this machine among the actors
         (one actor: the server's labels to the voxel); on a cluster, ``actor_cpus``."""
         if self.actor_threads:
@@ -210,10 +210,11 @@ def _dataset(ray, todo: list[Study], source, out_dir: str, model: ModelRun, reso
     dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
     if source.remote:
         dataset = dataset.map(_Stage("fetch", _fetch, source), num_cpus=IO_TASK_CPUS)
-    dataset = dataset.map(_Stage("preprocess", _preprocess, model), num_cpus=CPU_TASK_CPUS)
+    threads = resources.threads(actors)
+    dataset = dataset.map(_Stage("preprocess", _preprocess, (model, threads)), num_cpus=CPU_TASK_CPUS)
     dataset = dataset.map(
         _NetworkStage,
-        fn_constructor_kwargs={"model": model, "threads": resources.threads(actors)},
+        fn_constructor_kwargs={"model": model, "threads": threads},
         compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=resources.actor_cpus,
         num_gpus=1 if model.device == "cuda" else 0,
@@ -263,10 +264,11 @@ def _fetch(row, series_uid: str, source) -> str:
     return row["image"]
 
 
-def _preprocess(row, path: str, model: ModelRun):
+def _preprocess(row, path: str, context):
     from lib.batch.stages import preprocess
 
-    return preprocess(path, model)
+    model, threads = context
+    return preprocess(path, model, threads)
 
 
 def _invert_and_write(row, inferred: dict, context) -> dict[str, str]:

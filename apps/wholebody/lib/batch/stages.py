@@ -35,9 +35,13 @@ logger = logging.getLogger(__name__)
 LABEL_EXTENSION = ".nii.gz"
 
 
-def preprocess(path: str, run: ModelRun) -> MetaTensor:
+def preprocess(path: str, run: ModelRun, threads: int | None = None) -> MetaTensor:
     """(1, X, Y, Z) float image at the model's spacing, its operations portable to another process.
-    Raises for a file that is not a readable 3D CT (lib.transforms.validate)."""
+    Raises for a file that is not a readable 3D CT (lib.transforms.validate). ``threads``: those of the
+    network, as ``/infer`` normalises with the same threads it infers with; the mean and deviation are
+    sums whose order follows the thread count, and a last-bit change flips near-tied labels."""
+    if threads:
+        torch.set_num_threads(threads)
     with reusing_freed_memory():
         image = Compose(pipeline.preprocessing(run.pixdim, "cpu"))({"image": path})["image"]
     image.applied_operations = _any_instance(image.applied_operations)
