@@ -40,6 +40,16 @@ def slicer_client_class():
     return MONAILabelClient
 
 
+def wait_for(predicate, timeout: float, interval: float = 0.5):
+    """Polls ``predicate`` until it returns something truthy or ``timeout`` seconds pass; returns its last value."""
+    deadline = time.time() + timeout
+    while True:
+        value = predicate()
+        if value or time.time() > deadline:
+            return value
+        time.sleep(interval)
+
+
 def wait_for_training(client, timeout: float = 1200) -> dict:
     """Polls a MONAI Label training task through the Slicer client until it ends."""
     start = time.time()
@@ -173,16 +183,6 @@ def series_uids(orthanc, **filters) -> list[str]:
 
     found = pacs_client(orthanc).search_for_series(search_filters=filters)
     return [str(pydicom.Dataset.from_json(s).SeriesInstanceUID) for s in found]
-
-
-def wait_for(predicate, timeout: float = 30, interval: float = 0.5):
-    """Polls ``predicate`` until it returns something truthy; returns its last value."""
-    deadline = time.time() + timeout
-    while True:
-        value = predicate()
-        if value or time.time() > deadline:
-            return value
-        time.sleep(interval)
 
 
 def retrieve_segs(orthanc) -> list:

@@ -122,7 +122,7 @@ def test_batch_on_ray_from_a_pacs_stores_segs_back(orthanc, pacs_tools, model_di
     """DICOMweb studies: fetched by the server's datastore code, labelled as ``/infer`` labels the
     fetched series, and stored back as an AUTOMATIC SEG that the server never trains on."""
     from lib.batch.__main__ import main
-    from lib.pacs.seg import is_training_label
+    from lib.pacs.seg_tags import is_training_label
 
     monkeypatch.setenv("RAY_memory_monitor_refresh_ms", "0")
     monkeypatch.setenv("MONAI_LABEL_DICOMWEB_USERNAME", orthanc.auth[0])

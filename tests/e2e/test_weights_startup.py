@@ -6,16 +6,26 @@ import dataclasses
 import functools
 import http.server
 import threading
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import wait_for
 from lib.networks import spleen_unet
 from lib.weights.download import OFFICIAL_WEIGHTS, ensure_weights, md5sum
 
 pytestmark = pytest.mark.e2e
+
+
+def wait_for(predicate, timeout: float = 30, interval: float = 0.5):
+    """Polls ``predicate`` until it returns something truthy; returns its last value."""
+    deadline = time.time() + timeout
+    while True:
+        value = predicate()
+        if value or time.time() > deadline:
+            return value
+        time.sleep(interval)
 
 
 def weights_of(server, model: str) -> dict:

@@ -9,7 +9,8 @@ import pydicom
 import pytest
 
 from conftest import PACS_SERIES
-from lib.pacs.seg import content_label, is_training_label, write_seg
+from lib.pacs.seg import write_seg
+from lib.pacs.seg_tags import content_label, is_training_label
 
 
 def test_content_labels_of_tags():

@@ -320,7 +320,7 @@ class PacsDatastore(DICOMWebDatastore):
 
         # 1. The SEG, written before anything is stored: a label that cannot become one is refused.
         # Other tags than final (a model's output, e.g. /batch/infer) go to the PACS too, marked so
-        # that they are never taken for labels to train on (lib.pacs.seg.is_training_label).
+        # that they are never taken for labels to train on (lib.pacs.seg_tags).
         final = label_tag == DefaultLabelTag.FINAL
         names = self._label_names(label_info)
         frames = self._label_frames(image_id, image_uri, label_filename)
@@ -499,7 +499,7 @@ class PacsDatastore(DICOMWebDatastore):
         """SEG series in the PACS -> (the image series it references, when it was made as epoch
         seconds); the reference is read from the metadata once per SEG (SEGs do not change).
         A model's output stored under another tag than final references nothing here."""
-        from lib.pacs.seg import is_training_label
+        from lib.pacs.seg_tags import is_training_label
 
         def compute():
             with self._pacs("listing the segmentations"):

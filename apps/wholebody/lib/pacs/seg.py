@@ -26,9 +26,6 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 SCT = "SCT"
-MANUFACTURER_MODEL = "wholebody app"
-FINAL_TAG = "final"  # MONAI Label's DefaultLabelTag.FINAL: a label a person saved
-FINAL_CONTENT_LABEL = "SEGMENTATION"
 
 # (code value, code meaning) of SNOMED CT concepts from DICOM PS3.16.
 ANATOMICAL_STRUCTURE = ("123037004", "Anatomical Structure")
@@ -267,6 +264,8 @@ def write_seg(
     import highdicom as hd
     import pydicom
 
+    from lib.pacs.seg_tags import FINAL_TAG, MANUFACTURER_MODEL, content_label
+
     sources = [pydicom.dcmread(path) for path in source_files]
     if labelmap.shape != (len(sources), int(sources[0].Rows), int(sources[0].Columns)):
         raise ValueError(
@@ -319,22 +318,6 @@ def write_seg(
         "StudyInstanceUID": str(seg.StudyInstanceUID),
         "segments": segments,
     }
-
-
-def content_label(label_tag: str) -> str:
-    """ContentLabel (DICOM CS: A-Z, 0-9, space, _; 16 characters) of a SEG saved under ``label_tag``:
-    a final label is SEGMENTATION, as every SEG this app wrote before tags were stored."""
-    if label_tag == FINAL_TAG:
-        return FINAL_CONTENT_LABEL
-    label = re.sub(r"[^A-Z0-9_ ]", "_", label_tag.upper())[:16]
-    return label if label != FINAL_CONTENT_LABEL else "TAG_SEGMENTATION"
-
-
-def is_training_label(seg) -> bool:
-    """Whether a SEG in the PACS (a pydicom Dataset of its metadata) is a label to train on: every SEG
-    but a model's output that this app stored under a tag other than ``final``."""
-    ours = str(seg.get("ManufacturerModelName", "")) == MANUFACTURER_MODEL
-    return not ours or str(seg.get("ContentLabel", FINAL_CONTENT_LABEL)) == FINAL_CONTENT_LABEL
 
 
 def read_seg(seg_file: str, source_uids: Sequence[str]) -> tuple[np.ndarray, dict[int, str]]:
