@@ -125,15 +125,16 @@ def test_batch_on_ray_from_a_pacs_stores_segs_back(orthanc, pacs_tools, model_di
     from lib.pacs.seg_tags import is_training_label
 
     monkeypatch.setenv("RAY_memory_monitor_refresh_ms", "0")
-    monkeypatch.setenv("MONAI_LABEL_DICOMWEB_USERNAME", orthanc.auth[0])
-    monkeypatch.setenv("MONAI_LABEL_DICOMWEB_PASSWORD", orthanc.auth[1])
     monkeypatch.chdir(APP)
     stored = pacs_tools.upload([PACS_SERIES], orthanc.dicomweb_url, orthanc.auth)
     (series_uid,) = next(iter(stored.values()))
+    login = tmp_path / "pacs-login"
+    login.write_text(":".join(orthanc.auth) + "\n")
+    login.chmod(0o600)
     out = tmp_path / "out"
     argv = [
-        "--studies", orthanc.dicomweb_url, "--out", str(out), "--to-pacs", "--lowres", "--model-dir", str(model_dir),
-        "--cpus", "2", "--object-store-mb", "500", "--actor-threads", str(THREADS),
+        "--studies", orthanc.dicomweb_url, "--credentials", str(login), "--out", str(out), "--to-pacs", "--lowres",
+        "--model-dir", str(model_dir), "--cpus", "2", "--object-store-mb", "500", "--actor-threads", str(THREADS),
     ]
 
     assert main(argv) == 0, capsys.readouterr().err[-3000:]
