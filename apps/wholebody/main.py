@@ -22,6 +22,7 @@ from monailabel.tasks.activelearning.random import Random
 import lib.configs
 from lib.activelearning import datastore_info, trigger
 from lib.activelearning.handout import Exclusive, Handouts
+from lib.batch.server_task import StudyBatchInfer
 from lib.conf import Conf, ConfError
 from lib.datastore.local import CheckedLocalDatastore
 from lib.labels.mapping import segment_mapping
@@ -137,6 +138,9 @@ class WholeBodyApp(MONAILabelApp):
             infers.update(tasks if isinstance(tasks, dict) else {name: tasks})
         return infers
 
+    def init_batch_infer(self):
+        return StudyBatchInfer()  # per study, failures answered with their reason (lib/batch/server_task.py)
+
     def init_trainers(self) -> Dict[str, TrainTask]:
         if self.options.bool("skip_trainers", False):
             return {}
@@ -198,6 +202,7 @@ class WholeBodyApp(MONAILabelApp):
         # Imported here: the FastAPI app exists only when running under the server.
         from monailabel.app import app as fastapi_app
 
+        from lib.batch import server_request as batch_requests
         from lib.heads import routes as head_routes
         from lib.server import errors as http_errors
         from lib.server import routes, train_requests, training_runs
@@ -207,6 +212,7 @@ class WholeBodyApp(MONAILabelApp):
         head_routes.install(fastapi_app, self._infers)
         train_requests.install(self)
         training_runs.install()
+        batch_requests.install(self)
         if not self.inline_requests:
             routes.install(fastapi_app, InferQueue(worker_devices(self.infer_workers), self.infer_queue, self.infer_wait_s))
         # Last: it checks every route installed before it, and refuses to start an exposed server.

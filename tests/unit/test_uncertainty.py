@@ -28,10 +28,10 @@ from lib.activelearning.handout import Exclusive, Handouts
 from lib.activelearning.mc_dropout import enable_mc_dropout, mc_dropout_uncertainty, pick_windows
 from lib.activelearning.scoring import SCORE_KEY, WholeBodyUncertainty
 from lib.activelearning.strategies import Uncertainty
-from lib.weights.checkpoints import save_atomically
 from lib.datastore.local import CheckedLocalDatastore
 from lib.networks import wholebody_segresnet
 from lib.phantom import make_phantom, ras_affine
+from lib.weights.checkpoints import save_atomically
 
 # The phantom's reference field of view at 10 mm: the scorer's resampling is the identity.
 SHAPE, SPACING = (36, 30, 24), (10.0, 10.0, 10.0)
