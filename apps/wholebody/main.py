@@ -210,7 +210,7 @@ class WholeBodyApp(MONAILabelApp):
         from lib.heads import routes as head_routes
         from lib.server import body_limit
         from lib.server import errors as http_errors
-        from lib.server import routes, train_requests, training_runs
+        from lib.server import routes, scoring_requests, train_requests, training_runs
         from lib.server.auth import install as access_control
 
         http_errors.install(fastapi_app)
@@ -218,6 +218,7 @@ class WholeBodyApp(MONAILabelApp):
         uploads.install(fastapi_app, self.upload_dir)
         head_routes.install(fastapi_app, self._infers)
         train_requests.install(self)
+        scoring_requests.install(self)
         training_runs.install()
         if not self.inline_requests:
             routes.install(fastapi_app, InferQueue(worker_devices(self.infer_workers), self.infer_queue, self.infer_wait_s))

@@ -8,6 +8,7 @@ header whose magic says its voxels are in a ``.img``), or carry a spacing or dir
 
 from __future__ import annotations
 
+import gzip
 import os
 from dataclasses import dataclass
 
@@ -204,10 +205,21 @@ def read_volume(path: str) -> np.ndarray:
     ext = extension(path)
     try:
         if ext in NIFTI:
-            return np.asanyarray(nib.load(path).dataobj)
-        return nrrd.read(path)[0]
+            volume = np.asanyarray(nib.load(path).dataobj)
+            if path.lower().endswith(".gz"):
+                _read_to_the_end(path)
+            return volume
+        return nrrd.read(path)[0]  # pynrrd decompresses to the end: a bad gzip checksum raises
     except Exception as e:
         raise InvalidImageError(f"cannot read the voxels of '{os.path.basename(path)}': {e}") from None
+
+
+def _read_to_the_end(path: str) -> None:
+    """nibabel stops reading a .nii.gz once it has the voxels; corrupt compressed data that still inflated is
+    only found by the checksum at the end of the stream."""
+    with gzip.open(path) as stream:
+        while stream.read(16 * 1024 * 1024):
+            pass
 
 
 def check_ct_file(path: str, max_voxels: int = DEFAULT_MAX_VOXELS) -> ImageHeader:

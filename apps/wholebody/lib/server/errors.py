@@ -39,7 +39,7 @@ def check_id(value: str, what: str = "id") -> str:
     if not isinstance(value, str) or not ID_PATTERN.match(value) or ".." in value:
         raise HTTPException(
             status_code=400,
-            detail=f"invalid {what} {value!r}: use letters, digits, '.', '_' or '-' (no path separators or '..')",
+            detail=f"invalid {what} {shown(value)}: use letters, digits, '.', '_' or '-' (no path separators or '..')",
         )
     return value
 
@@ -47,8 +47,13 @@ def check_id(value: str, what: str = "id") -> str:
 def check_session_id(value) -> None:
     """An empty value means no session."""
     if value not in (None, "") and not (isinstance(value, str) and SESSION_ID_PATTERN.match(value)):
-        shown = value[:40] + "..." if isinstance(value, str) and len(value) > 40 else value
-        raise HTTPException(status_code=400, detail=f"invalid session id {shown!r}: session ids are the UUIDs PUT /session/ answers")
+        raise HTTPException(status_code=400, detail=f"invalid session id {shown(value)}: session ids are the UUIDs PUT /session/ answers")
+
+
+def shown(value, limit: int = 80) -> str:
+    """A client's value as an answer quotes it: repr, cut (an id may be a megabyte long)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(str(value)):,} characters)"
 
 
 def _answer(status: int, message: str) -> JSONResponse:

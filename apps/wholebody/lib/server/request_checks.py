@@ -22,7 +22,7 @@ from fastapi import HTTPException
 from monailabel.endpoints import infer, session
 
 from lib.conf import ConfError
-from lib.server.errors import check_session_id
+from lib.server.errors import check_session_id, shown
 from lib.server.uploads import client_suffix
 
 MAX_DEPTH = 10
@@ -64,8 +64,7 @@ def check_client_id(value: Any) -> None:
     if value is None:
         return
     if not isinstance(value, str) or not 0 < len(value) <= MAX_CLIENT_ID or not value.isprintable():
-        shown = value[:40] + "..." if isinstance(value, str) and len(value) > 40 else value
-        raise ConfError(f"'client_id' must be 1 to {MAX_CLIENT_ID} printable characters, got {shown!r}")
+        raise ConfError(f"'client_id' must be 1 to {MAX_CLIENT_ID} printable characters, got {shown(value)}")
 
 
 def _infer(kwargs: dict) -> None:

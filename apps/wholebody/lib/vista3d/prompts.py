@@ -80,6 +80,8 @@ VALID_POINT_LABELS = (-1, 0, 1, 2, 3)
 
 #: clicks per request: an annotator's dozens, not a volume's worth (each point is a prompt token)
 MAX_POINTS = 100
+#: no CT has this many voxels along an axis: a larger index is refused before the image is read
+MAX_INDEX = 100_000
 
 
 class PromptError(ConfError):
@@ -173,6 +175,8 @@ def _check_extra_classes(extra_classes: Mapping[str, int] | None) -> dict[str, i
 
 
 def _as_list(value: Any, what: str) -> list:
+    if isinstance(value, Mapping):
+        raise PromptError(f"{what} must be a list, got an object {value!r:.80}")
     if isinstance(value, (str, bytes, numbers.Number)) or not isinstance(value, Iterable):
         return [value]
     try:
@@ -248,8 +252,8 @@ def check_points(points: Any, point_labels: Any, image_shape: Sequence[int] | No
         ijk = tuple(int(c) for c in xyz)
         if shape is not None and any(c < 0 or c > s - 1 for c, s in zip(ijk, shape)):
             raise PromptError(f"point {n} {list(ijk)} is outside the image of shape {list(shape)}")
-        if any(c < 0 for c in ijk):
-            raise PromptError(f"point {n} {list(ijk)} has a negative voxel index")
+        if any(c < 0 or c >= MAX_INDEX for c in ijk):
+            raise PromptError(f"point {n} {list(ijk)} is outside any image (voxel indices are 0 to {MAX_INDEX - 1})")
         pts.append(ijk)  # type: ignore[arg-type]
     labels: list[int] = []
     for n, v in enumerate(lbl_in):
