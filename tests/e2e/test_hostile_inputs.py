@@ -27,8 +27,8 @@ import shutil
 import socket
 import struct
 import tarfile
-import time
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -308,6 +308,18 @@ def corrupt_gzip(files: Files) -> bytes:
     return bytes(data)
 
 
+def inflating(prefix: bytes, megabytes: int = 64) -> bytes:
+    """``prefix`` then ``megabytes`` of zeros, gzipped: 64 MB inflate from about 65 kB."""
+    stream = zlib.compressobj(9, zlib.DEFLATED, 31)
+    return stream.compress(prefix) + b"".join(stream.compress(b"\0" * MB) for _ in range(megabytes)) + stream.flush()
+
+
+def nrrd_bomb(files: Files) -> bytes:
+    """A 40x40x10 int16 NRRD header whose gzip voxels inflate to 64 MB (pynrrd would hold them all in memory)."""
+    sizes = " ".join(str(s) for s in files.ct.shape)
+    return nrrd_text({**NRRD_3D, "sizes": sizes, "encoding": "gzip"}) + inflating(b"")
+
+
 def with_values(files: Files, value: float, dtype=np.float32) -> bytes:
     array = files.ct.astype(dtype)
     array[5, 5, 5] = value
@@ -395,6 +407,9 @@ CASES: dict[str, Case] = {
     "truncated .nii.gz (upload)": Case(lambda s, f: put_image(s, "cut.nii.gz", truncated(f)), 422, ("cannot read",)),
     "truncated .nii.gz (/infer)": Case(lambda s, f: infer(s, file=("cut.nii.gz", truncated(f))), 422, ("cannot read",)),
     "corrupt gzip stream (session)": Case(lambda s, f: session(s, ("bad.nii.gz", corrupt_gzip(f))), 422, ("cannot read",)),
+    "gzip bomb: NRRD voxels inflating to 64 MB (upload)": Case(lambda s, f: put_image(s, "bomb.nrrd", nrrd_bomb(f)), 422, ("inflates to more", "header promises")),
+    ".nii.gz inflating past its voxels (session)": Case(
+        lambda s, f: session(s, ("bomb.nii.gz", inflating(nifti_bytes(f.ct, f.affine, compress=False)))), 422, ("inflates to more",)),
     "NaN voxel (upload)": Case(lambda s, f: put_image(s, "nan.nii.gz", with_values(f, np.nan)), 422, ("NaN",)),
     "Inf voxel (/infer)": Case(lambda s, f: infer(s, file=("inf.nii.gz", with_values(f, np.inf))), 422, ("NaN or infinite",)),
     "zero spacing (pixdim 0)": Case(lambda s, f: put_image(s, "zero.nii.gz", grid(f, 80, 0.0)), 422, ("voxel sizes", "positive")),
@@ -428,9 +443,12 @@ CASES: dict[str, Case] = {
     "session id with a path (/infer)": Case(lambda s, f: infer(s, image="", session_id="../../etc"), 400, ("invalid session id",)),
     "session id with NUL": Case(lambda s, f: answer(requests.get(f"{s.url}/session/a%00b", timeout=TIMEOUT)), 400, ("invalid session id",)),
     "session id of 100 kB": Case(lambda s, f: answer(requests.delete(f"{s.url}/session/{'a' * 100_000}", timeout=TIMEOUT)), 400, ("invalid session id", "100,000")),
+    "image id with NUL (upload)": Case(lambda s, f: put_image(s, "ct.nii.gz", f.ct_bytes(), image_id="ct\x00.nii.gz"), 400, ("invalid image id",)),
+    "head name with NUL": Case(lambda s, f: answer(requests.delete(f"{s.url}/heads/wholebody/a%00b", timeout=TIMEOUT)), 422, ("invalid head name",)),
     "head name '..'": Case(lambda s, f: answer(requests.delete(f"{s.url}/heads/wholebody/%2e%2e", timeout=TIMEOUT)), 422, ("invalid head name",)),
     "client id with a newline": Case(lambda s, f: post_json(s, "/activelearning/first", {"client_id": "anna\nINFO forged log line"}), 422, ("client_id", "printable")),
     "client id of 0.9 MB": Case(lambda s, f: post_json(s, "/activelearning/first", {"client_id": "a" * 900_000}), 422, ("client_id",)),
+    "client id with NUL (/infer)": Case(lambda s, f: infer(s, {"client_id": "anna\x00"}), 422, ("client_id", "printable")),
     "client id not a string (/infer)": Case(lambda s, f: infer(s, {"client_id": {"$ne": None}}), 422, ("client_id",)),
     # --- params
     "params nested 100 levels (/infer)": Case(lambda s, f: infer(s, deep(100)), 422, ("nested more than 10",)),

@@ -8,6 +8,7 @@ header whose magic says its voxels are in a ``.img``), or carry a spacing or dir
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import os
 from dataclasses import dataclass
@@ -202,24 +203,52 @@ def read_header(path: str, layers_allowed: bool = False, max_voxels: int = DEFAU
 
 
 def read_volume(path: str) -> np.ndarray:
+    """The voxels of a file whose header passed :func:`read_header`. Compressed voxels are first inflated
+    to their end without keeping them: a corrupt stream fails only at its checksum, and one that inflates
+    to more than its header promises (a compression bomb: a few MB that inflate to tens of GB, which
+    pynrrd would hold in memory) is refused before any reader allocates for it."""
     ext = extension(path)
+    name = os.path.basename(path)
     try:
         if ext in NIFTI:
-            volume = np.asanyarray(nib.load(path).dataobj)
+            image = nib.load(path)
             if path.lower().endswith(".gz"):
-                _read_to_the_end(path)
-            return volume
-        return nrrd.read(path)[0]  # pynrrd decompresses to the end: a bad gzip checksum raises
+                header = image.header
+                promised = int(header["vox_offset"]) + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
+                with gzip.open(path) as stream:
+                    _inflate_within(stream, promised, name)
+            return np.asanyarray(image.dataobj)
+        with open(path, "rb") as f:
+            header = nrrd.read_header(f)
+            opener = _NRRD_COMPRESSED.get(str(header.get("encoding", "raw")).lower())
+            if opener:  # the voxels follow the header; the largest NRRD type has 8 bytes
+                with opener(f) as stream:
+                    _inflate_within(stream, int(np.prod(header["sizes"], dtype=np.float64)) * 8, name)
+        return nrrd.read(path)[0]
+    except InvalidImageError:
+        raise
     except Exception as e:
-        raise InvalidImageError(f"cannot read the voxels of '{os.path.basename(path)}': {e}") from None
+        raise InvalidImageError(f"cannot read the voxels of '{name}': {e}") from None
 
 
-def _read_to_the_end(path: str) -> None:
-    """nibabel stops reading a .nii.gz once it has the voxels; corrupt compressed data that still inflated is
-    only found by the checksum at the end of the stream."""
-    with gzip.open(path) as stream:
-        while stream.read(16 * 1024 * 1024):
-            pass
+def _gunzip(f):
+    return gzip.GzipFile(fileobj=f, mode="rb")
+
+
+_NRRD_COMPRESSED = {"gzip": _gunzip, "gz": _gunzip, "bzip2": bz2.BZ2File, "bz2": bz2.BZ2File}
+# Slack over the promised size for what may follow the voxels (NRRD "byte skip", padding).
+_INFLATE_SLACK = 1024 * 1024
+
+
+def _inflate_within(stream, promised: int, name: str) -> None:
+    inflated = 0
+    while chunk := stream.read(16 * 1024 * 1024):
+        inflated += len(chunk)
+        if inflated > promised + _INFLATE_SLACK:
+            raise InvalidImageError(
+                f"'{name}' inflates to more than the {promised:,} bytes its header promises: "
+                "a compression bomb or a corrupt file"
+            )
 
 
 def check_ct_file(path: str, max_voxels: int = DEFAULT_MAX_VOXELS) -> ImageHeader:
