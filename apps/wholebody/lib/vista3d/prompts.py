@@ -247,13 +247,14 @@ def check_points(points: Any, point_labels: Any, image_shape: Sequence[int] | No
         if len(coords) != 3:
             raise PromptError(f"point {n} {p!r} must have 3 coordinates [x, y, z]")
         xyz = tuple(_as_number(c, f"point {n} coordinate") for c in coords)
+        shown = f"[{', '.join(f'{c:g}' for c in xyz)}]"  # 1e300 as written, not as 301 digits
         if not all(c.is_integer() for c in xyz):
-            raise PromptError(f"point {n} {list(xyz)} must be voxel indices (integers)")
+            raise PromptError(f"point {n} {shown} must be voxel indices (integers)")
+        if shape is not None and any(c < 0 or c > s - 1 for c, s in zip(xyz, shape)):
+            raise PromptError(f"point {n} {shown} is outside the image of shape {list(shape)}")
+        if any(c < 0 or c >= MAX_INDEX for c in xyz):
+            raise PromptError(f"point {n} {shown} is outside any image (voxel indices are 0 to {MAX_INDEX - 1})")
         ijk = tuple(int(c) for c in xyz)
-        if shape is not None and any(c < 0 or c > s - 1 for c, s in zip(ijk, shape)):
-            raise PromptError(f"point {n} {list(ijk)} is outside the image of shape {list(shape)}")
-        if any(c < 0 or c >= MAX_INDEX for c in ijk):
-            raise PromptError(f"point {n} {list(ijk)} is outside any image (voxel indices are 0 to {MAX_INDEX - 1})")
         pts.append(ijk)  # type: ignore[arg-type]
     labels: list[int] = []
     for n, v in enumerate(lbl_in):
