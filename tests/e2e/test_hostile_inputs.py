@@ -466,7 +466,7 @@ CASES: dict[str, Case] = {
     "scoring 'device' unknown": Case(lambda s, f: post_json(s, "/scoring/wholebody_uncertainty", {"device": "tpu:9"}), 422, ("device",)),
     # --- VISTA3D clicks (checked before the image is read, with or without weights)
     "point NaN": Case(lambda s, f: infer(s, '{"foreground": [[NaN, 1, 1]]}', model="vista3d_point"), 422, ("finite",)),
-    "point 1e300": Case(lambda s, f: infer(s, {"foreground": [[1e300, 1, 1]]}, model="vista3d_point"), 422, ("[1e+300, 1, 1] is outside any image",)),
+    "point 1e300": Case(lambda s, f: infer(s, {"foreground": [[1e300, 1, 1]]}, model="vista3d_point"), 422, ("[1e+300, 1, 1] is outside the image",)),
     "point fractional": Case(lambda s, f: infer(s, {"foreground": [[1.5, 1, 1]]}, model="vista3d_point"), 422, ("integers",)),
     "5000 points": Case(lambda s, f: infer(s, {"foreground": [[1, 1, 1]] * 5000}, model="vista3d_point"), 422, ("5000 points", "at most 100")),
     "point label 7": Case(lambda s, f: infer(s, {"points": [[1, 1, 1]], "point_labels": [7]}, model="vista3d_point"), 422, ("point label",)),

@@ -253,7 +253,10 @@ def check_points(points: Any, point_labels: Any, image_shape: Sequence[int] | No
         if shape is not None and any(c < 0 or c > s - 1 for c, s in zip(xyz, shape)):
             raise PromptError(f"point {n} {shown} is outside the image of shape {list(shape)}")
         if any(c < 0 or c >= MAX_INDEX for c in xyz):
-            raise PromptError(f"point {n} {shown} is outside any image (voxel indices are 0 to {MAX_INDEX - 1})")
+            raise PromptError(
+                f"point {n} {shown} is outside the image (voxel indices start at 0, and no image has {MAX_INDEX:,} voxels "
+                "along an axis)"
+            )
         ijk = tuple(int(c) for c in xyz)
         pts.append(ijk)  # type: ignore[arg-type]
     labels: list[int] = []
