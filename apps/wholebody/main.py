@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
-import tempfile
 from typing import Dict
 
 from fastapi import HTTPException
@@ -24,10 +22,14 @@ from lib.activelearning import datastore_info, trigger
 from lib.activelearning.handout import Exclusive, Handouts
 from lib.batch.server_task import StudyBatchInfer
 from lib.conf import Conf, ConfError
+from lib.datastore.image_check import DEFAULT_MAX_VOXELS, check_ct_file
 from lib.datastore.local import CheckedLocalDatastore
+from lib.datastore.sessions import CheckedSessions
 from lib.labels.mapping import segment_mapping
 from lib.labels.saved import saved_segments
-from lib.server.errors import NotFoundError, check_id
+from lib.server import uploads
+from lib.server.errors import NotFoundError, check_id, check_session_id
+from lib.server.infer_params import check_infer_params
 from lib.server.infer_queue import InferQueue, default_workers, worker_devices
 from lib.weights.checkpoints import write_training_checkpoints_atomically
 
@@ -68,6 +70,10 @@ class WholeBodyApp(MONAILabelApp):
         self.infer_wait_s = self.options.float("infer_wait_s", 600.0, low=1.0)
         # MONAI Label 0.8.5's own handling, for comparison (bench/bench_load.py): every request on the event loop.
         self.inline_requests = self.options.bool("inline_requests", False)
+        # Hostile input (docs/bad-input.md): request bodies, image headers, the server's private upload folder.
+        self.max_upload_mb = self.options.int("max_upload_mb", 2048, minimum=1)
+        self.max_voxels = self.options.int("max_voxels", DEFAULT_MAX_VOXELS, minimum=8)
+        self.upload_dir = self.options.path("upload_dir", os.path.join(self.model_dir, "uploads"))
 
         super().__init__(
             app_dir=app_dir,
@@ -83,12 +89,22 @@ class WholeBodyApp(MONAILabelApp):
             return super().init_datastore()
         from monailabel.config import settings
 
-        return CheckedLocalDatastore(
+        store = CheckedLocalDatastore(
             self.studies,
             extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT,
             auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
             read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
         )
+        store.max_voxels = self.max_voxels
+        return store
+
+    def _load_sessions(self, load=False):
+        """Sessions hold one checked CT file each (lib/datastore/sessions.py)."""
+        from monailabel.config import settings
+
+        if not load:
+            return None
+        return CheckedSessions(settings.MONAI_LABEL_SESSION_PATH, settings.MONAI_LABEL_SESSION_EXPIRY, self.max_voxels)
 
     # --- remote datastore: a DICOMweb PACS (lib/pacs/datastore.py; README "Hospital set-up") ---
     def init_remote_datastore(self) -> Datastore:
@@ -204,13 +220,17 @@ class WholeBodyApp(MONAILabelApp):
 
         from lib.batch import server_request as batch_requests
         from lib.heads import routes as head_routes
+        from lib.server import body_limit
         from lib.server import errors as http_errors
-        from lib.server import routes, train_requests, training_runs
+        from lib.server import routes, scoring_requests, train_requests, training_runs
         from lib.server.auth import install as access_control
 
         http_errors.install(fastapi_app)
+        body_limit.install(fastapi_app, self.max_upload_mb * 1024 * 1024)
+        uploads.install(fastapi_app, self.upload_dir)
         head_routes.install(fastapi_app, self._infers)
         train_requests.install(self)
+        scoring_requests.install(self)
         training_runs.install()
         batch_requests.install(self)
         if not self.inline_requests:
@@ -223,24 +243,28 @@ class WholeBodyApp(MONAILabelApp):
         model = request.get("model")
         if model not in self._infers:
             raise NotFoundError(f"unknown model '{model}'; available: {', '.join(self._infers)}")
+        check_infer_params(request)  # 422 before anything is read or computed
         image = request.get("image")
-        if isinstance(image, str) and not self._written_by_server(image):
+        if uploads.created_for_this_request(image):
+            check_ct_file(image, self.max_voxels)  # what an upload to the datastore must be (422)
+        elif isinstance(image, str) and not self._session_image(request):
             check_id(image, "image id")
             if not (datastore or self.datastore()).get_image_uri(image):
                 raise NotFoundError(f"image '{image}' not found in the datastore")
         return super().infer(request, datastore)
 
-    def _written_by_server(self, image: str) -> bool:
-        """An image given as a path is only trusted where the server itself put it: the temp file of
-        an upload to /infer, or a session's image. Anything else is a datastore id, so a client
-        cannot make the server read /etc/passwd or a study outside the datastore."""
-        if not (os.path.isabs(image) and os.path.exists(image)):
+    def _session_image(self, request) -> bool:
+        """An image given as a path is only trusted where the server put it for this request: its upload
+        (above) or the image of the session it names (checked when the session was made). Anything else is
+        a datastore id, so a client cannot make the server read /etc/passwd, a study outside the datastore,
+        or another client's upload."""
+        session, sessions = request.get("session"), self.sessions()
+        name = session.get("name") if isinstance(session, dict) else None
+        if not name or not sessions:
             return False
-        real = os.path.realpath(image)
-        if os.path.dirname(real) == os.path.realpath(tempfile.gettempdir()):
-            return os.path.isfile(real) and re.fullmatch(r"tmp[a-z0-9_]{8}(\.[A-Za-z0-9]+)*", os.path.basename(real)) is not None
-        sessions = self.sessions()
-        return bool(sessions) and real.startswith(os.path.realpath(sessions.store_path) + os.sep)
+        check_session_id(name)
+        found = sessions.get_session(name, update_ts=False)
+        return bool(found) and os.path.realpath(found.image) == os.path.realpath(str(request.get("image")))
 
     def train(self, request):
         if request.get("model") not in self._trainers:

@@ -15,9 +15,11 @@ from lib.vista3d.prompts import (
     CLASSES_JSON,
     EVERYTHING,
     EVERYTHING_EXCLUDED,
+    MAX_POINTS,
     SUBCLASSES,
     PromptError,
     ResolvedPrompts,
+    check_points,
     normalize_name,
     resolve_prompts,
 )
@@ -165,9 +167,9 @@ def test_bad_extra_classes(extra, needle):
 
 # ---------------------------------------------------------------- points
 def test_points_only():
-    r = resolve(None, [[10, 20, 5], [11.5, 20, 5]], [1, 0])
+    r = resolve(None, [[10, 20, 5], [11.0, 20, 5]], [1, 0])
     assert r.mode == "points" and r.label_prompt is None and r.class_vector is None
-    assert r.points == ((10, 20, 5), (11.5, 20, 5))
+    assert r.points == ((10, 20, 5), (11, 20, 5))
     assert r.point_labels == (1, 0) and r.network_point_labels == (1, 0)
     assert r.label_names == {}
 
@@ -201,13 +203,26 @@ def test_subclass_classes_with_points_is_an_error(prompt, cid):
 
 @pytest.mark.parametrize(
     "point",
-    [[122, 5, 5], [5, 101, 5], [5, 5, 30], [-1, 5, 5], [5, 5, 29.5], [1e9, 0, 0]],
+    [[122, 5, 5], [5, 101, 5], [5, 5, 30], [-1, 5, 5], [1e9, 0, 0], [1e300, 0, 0]],
 )
 def test_points_outside_the_image_are_named(point):
     msg = error_of(None, [[1, 1, 1], point], [1, 0])
     assert "point 1" in msg
-    assert str([int(c) if float(c).is_integer() else c for c in point]) in msg
+    assert "[" + ", ".join(f"{float(c):g}" for c in point) + "]" in msg  # 1e300 as written, not as 301 digits
     assert "[122, 101, 30]" in msg
+
+
+@pytest.mark.parametrize("point", [[5, 5, 29.5], [0.5, 1, 1]])
+def test_fractional_points_are_refused(point):
+    msg = error_of(None, [[1, 1, 1], point], [1, 0])
+    assert "point 1" in msg and "integers" in msg
+
+
+def test_thousands_of_points_are_refused_before_any_image():
+    points = [[1, 1, 1]] * (MAX_POINTS + 1)
+    with pytest.raises(PromptError, match=f"{MAX_POINTS + 1} points: at most {MAX_POINTS}"):
+        check_points(points, [1] * len(points))
+    assert check_points([[1, 2, 3]] * MAX_POINTS, [1] * MAX_POINTS)[0][0] == (1, 2, 3)
 
 
 def test_points_on_the_last_voxel_are_inside():

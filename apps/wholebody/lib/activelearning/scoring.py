@@ -34,7 +34,7 @@ from monailabel.interfaces.tasks.scoring import ScoringMethod
 from lib.activelearning import datastore_info
 from lib.activelearning.mc_dropout import enable_mc_dropout, mc_dropout_features, mc_dropout_uncertainty
 from lib.activelearning.records import encode_features, structures_record
-from lib.conf import as_bool, as_int
+from lib.conf import ConfError, as_bool, as_int
 from lib.pipelines import wholebody as pipeline
 from lib.weights.checkpoints import load_state_dict
 
@@ -149,20 +149,33 @@ class WholeBodyUncertainty(ScoringMethod):
             network.load_state_dict(load_state_dict(path, map_location="cpu"), strict=True)
         return enable_mc_dropout(network.to(device))
 
+    def checked_params(self, request) -> tuple[int, int, int, bool, torch.device]:
+        """(mc_samples, windows, max_studies, force, device) of a request; ConfError (422) for a bad one. The
+        server checks a request with it before a scoring process starts (lib/server/scoring_requests.py)."""
+        device = request.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError):
+            raise ConfError(f"'device' must be cpu, cuda or cuda:N, got {device!r}") from None
+        return (
+            as_int(request.get("mc_samples", self.mc_samples), "mc_samples", minimum=2),
+            as_int(request.get("windows", self.windows), "windows", minimum=1),
+            as_int(request.get("max_studies", 0), "max_studies", minimum=0),
+            as_bool(request.get("force", False), "force"),
+            device,
+        )
+
     def __call__(self, request, datastore: Datastore):
         start = time.time()
         if in_background_task():
             # This process only scores: leave the CPU to the server's inference and to training.
             os.nice(10)
             torch.set_num_threads(self.threads)
-        samples = as_int(request.get("mc_samples", self.mc_samples), "mc_samples", minimum=2)
-        windows = as_int(request.get("windows", self.windows), "windows", minimum=1)
-        max_studies = as_int(request.get("max_studies", 0), "max_studies", minimum=0)
-        device = torch.device(request.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
+        samples, windows, max_studies, force, device = self.checked_params(request)
         if device.type == "cuda" and not torch.cuda.is_available():
             device = torch.device("cpu")
 
-        if as_bool(request.get("force", False), "force"):
+        if force:
             datastore_info.reload(datastore)
             todo = sorted(datastore.get_unlabeled_images())
             todo += sorted(datastore.get_labeled_images()) if self.has_encoder else []

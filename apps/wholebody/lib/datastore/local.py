@@ -11,7 +11,7 @@ import time
 from fastapi import HTTPException
 
 from lib.datastore.atomic import copy_atomically
-from lib.datastore.image_check import SUPPORTED, check_ct_file, extension, read_header
+from lib.datastore.image_check import DEFAULT_MAX_VOXELS, SUPPORTED, check_ct_file, extension, read_header
 from lib.datastore.label_file import checked_label_info
 from lib.datastore.shared import SharedLocalDatastore
 from lib.server.errors import NotFoundError, check_id
@@ -86,6 +86,8 @@ class CheckedLocalDatastore(OneLabelPerTag, SharedLocalDatastore):
     their segments by ``lib.datastore.label_file``), an existing image is never replaced, and an
     image has one label per tag (``OneLabelPerTag``)."""
 
+    max_voxels = DEFAULT_MAX_VOXELS  # what an image or label header may promise; the app sets --conf max_voxels
+
     def _to_id(self, file: str):
         # ".seg.nrrd" is one extension (stock takes "x.seg" for the id of "x.seg.nrrd").
         if file.lower().endswith(SEG_NRRD):
@@ -98,7 +100,7 @@ class CheckedLocalDatastore(OneLabelPerTag, SharedLocalDatastore):
         with self.transaction():  # checked and added in one step: two uploads of one id never both pass
             if image_id in self._datastore.objects:
                 raise HTTPException(status_code=409, detail=f"image '{image_id}' already exists; delete it first")
-            check_ct_file(image_filename)
+            check_ct_file(image_filename, self.max_voxels)
             return super().add_image(image_id, image_filename, image_info)
 
     def save_label(self, image_id, label_filename, label_tag, label_info):
@@ -106,7 +108,7 @@ class CheckedLocalDatastore(OneLabelPerTag, SharedLocalDatastore):
         check_id(label_tag, "label tag")
         if image_id not in self._datastore.objects:
             raise NotFoundError(f"image '{image_id}' not found")
-        label_info = checked_label_info(label_filename, read_header(self.get_image_uri(image_id)), label_info)
+        label_info = checked_label_info(label_filename, read_header(self.get_image_uri(image_id)), label_info, self.max_voxels)
         return self._store_label(image_id, label_filename, label_tag, label_info)
 
     def get_image_uri(self, image_id):

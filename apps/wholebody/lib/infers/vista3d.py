@@ -122,9 +122,9 @@ class Vista3DTask(BasicInferTask):
 
     # ------------------------------------------------------------------ request
     def __call__(self, request, callbacks=None):
-        self.runtime.require_weights()  # 503 naming the path, before reading anything
         self.labels = self.runtime.labels()
-        self.check_request(request)
+        self.check_request(request)  # a bad prompt is 422 with or without weights
+        self.runtime.require_weights()  # 503 naming the path, before reading anything
         before = self.runtime.inferer.stats()
         with reusing_freed_memory():  # CPU memory reused within the request, handed back after it
             result_file, result_json = super().__call__(request, callbacks)

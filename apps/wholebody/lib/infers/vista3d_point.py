@@ -24,7 +24,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferType
 from lib.infers.vista3d import Vista3DTask, parse_label_prompt
 from lib.vista3d.classes import class_id_for_name
 from lib.vista3d.point_inferer import transform_points
-from lib.vista3d.prompts import PromptError, ResolvedPrompts, resolve_prompts
+from lib.vista3d.prompts import PromptError, ResolvedPrompts, check_points, resolve_prompts
 from lib.vista3d.runtime import Vista3DRuntime
 
 DEFAULT_SEGMENT_NAME = "vista3d point"
@@ -87,9 +87,10 @@ class Vista3DPoint(Vista3DTask):
         return resolve_prompts(label_prompt, points, labels, shape, self.runtime.extra_classes()), name
 
     def check_request(self, request):
-        points, _ = self._clicks(request)
+        points, labels = self._clicks(request)
         if not points:
             self._resolve(request, (1, 1, 1))  # raises: no points
+        check_points(points, labels)  # format, count and labels; against the image once it is read
         label_prompt, _ = self._class_prompt(request)
         if label_prompt is not None:
             # class checks only (kidney/lung/bone cannot take points): the points are checked against the image later

@@ -86,6 +86,7 @@ still adds to them, and keeps only uint8 labels.
     def __call__(self, request, callbacks=None):
         req = {**self._config, **request}
         highres = self.highres(req)
+        self.sw_overlap(req)  # every parameter is checked before the image is read
         overlap = _rules_from(req["head_overlap"])[0]
         heads = self.live_heads(highres) if as_bool(req["heads"], "heads") else []
         request = {
@@ -132,8 +133,11 @@ still adds to them, and keeps only uint8 labels.
     def pre_transforms(self, data=None):
         return pipeline.preprocessing(pipeline.PIXDIM[self.highres(data)], data.get("device"))
 
+    def sw_overlap(self, data: dict[str, Any]) -> float:
+        return as_float(data.get("sw_overlap", self._config["sw_overlap"]), "sw_overlap", 0.0, 0.9)
+
     def inferer(self, data=None):
-        overlap = as_float(data.get("sw_overlap", self._config["sw_overlap"]), "sw_overlap", 0.0, 0.9)
+        overlap = self.sw_overlap(data)
         heads = data.get(HEADS_KEY) or []
         merge = MergedArgmax(len(self.base_labels) + 1, [h["values"] for h in heads], data["head_overlap"]) if heads else None
         return pipeline.inferer(pipeline.ROI_SIZE, overlap, reduce=merge)

@@ -27,6 +27,8 @@ logger = logging.getLogger(__name__)
 
 # Ids become file names in the datastore: no separators, no leading dot, nothing to escape.
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# Session ids name folders of the session store: MONAI Label makes them with uuid1.
+SESSION_ID_PATTERN = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
 class NotFoundError(LookupError):
@@ -37,9 +39,21 @@ def check_id(value: str, what: str = "id") -> str:
     if not isinstance(value, str) or not ID_PATTERN.match(value) or ".." in value:
         raise HTTPException(
             status_code=400,
-            detail=f"invalid {what} {value!r}: use letters, digits, '.', '_' or '-' (no path separators or '..')",
+            detail=f"invalid {what} {shown(value)}: use letters, digits, '.', '_' or '-' (no path separators or '..')",
         )
     return value
+
+
+def check_session_id(value) -> None:
+    """An empty value means no session."""
+    if value not in (None, "") and not (isinstance(value, str) and SESSION_ID_PATTERN.match(value)):
+        raise HTTPException(status_code=400, detail=f"invalid session id {shown(value)}: session ids are the UUIDs PUT /session/ answers")
+
+
+def shown(value, limit: int = 80) -> str:
+    """A client's value as an answer quotes it: repr, cut (an id may be a megabyte long)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(str(value)):,} characters)"
 
 
 def _answer(status: int, message: str) -> JSONResponse:

@@ -41,6 +41,7 @@ from monailabel.endpoints import (
 from monailabel.endpoints.user.auth import RBAC, User
 
 from lib.server.infer_queue import InferQueue
+from lib.server.request_checks import check_request
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ def threaded(endpoint: Callable[..., Coroutine]) -> Callable[..., Any]:
     """The endpoint as a plain function with its signature: FastAPI runs it in its thread pool."""
 
     def run(**kwargs):
+        check_request(endpoint, kwargs)
         return finish(endpoint(**kwargs))
 
     run.__signature__ = inspect.signature(endpoint, eval_str=True)
@@ -79,6 +81,7 @@ def queued(
     signature = inspect.signature(endpoint, eval_str=True)
 
     async def run(request: Request, **kwargs):
+        check_request(endpoint, kwargs)  # cheap: before the request waits for a worker
         model_name, client_id = kwargs.get("model", ""), _client_id(request, kwargs.get("params"))
         return await queue.run(model_name, client_id, lambda device: finish(endpoint(**on_device(kwargs, device))), request.is_disconnected)
 

@@ -6,8 +6,9 @@ The rules are those of the official bundle (Project-MONAI/model-zoo ``models/vis
 
 * ``label_prompt`` is a list of global class ids (or names); ``None`` (and no points) means
   "everything" = classes 1..132 minus ``EVERYTHING_EXCLUDED``;
-* points are ``[[x, y, z], ...]`` voxel indices of the ORIGINAL image, with ``point_labels``
-  (1 foreground, 0 background, -1 ignore; 2/3 are the special-class negative/positive flags);
+* points are ``[[x, y, z], ...]`` voxel indices (integers) of the ORIGINAL image, at most
+  ``MAX_POINTS``, with ``point_labels`` (1 foreground, 0 background, -1 ignore; 2/3 are the
+  special-class negative/positive flags);
 * several class prompts cannot be combined with points, nor can a class that expands into
   subclasses (2 kidney, 20 lung, 21 bone);
 * ids 133..254 are free for new classes learned by finetuning; they are accepted only when the app
@@ -46,6 +47,8 @@ __all__ = [
     "normalize_name",
     "class_name",
     "resolve_prompts",
+    "check_points",
+    "MAX_POINTS",
 ]
 
 CLASSES_JSON = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "labels", "vista3d_classes.json")
@@ -74,6 +77,11 @@ AUTO_UNSUPPORTED = frozenset({16, 18, 129, 130, 131})
 SPECIAL_INDEX = (25, 26, 27, 28, 29, 117)
 
 VALID_POINT_LABELS = (-1, 0, 1, 2, 3)
+
+#: clicks per request: an annotator's dozens, not a volume's worth (each point is a prompt token)
+MAX_POINTS = 100
+#: no CT has this many voxels along an axis: a larger index is refused before the image is read
+MAX_INDEX = 100_000
 
 
 class PromptError(ConfError):
@@ -128,7 +136,7 @@ class ResolvedPrompts:
     mode: str
     label_prompt: tuple[int, ...] | None
     class_vector: tuple[int, ...] | None
-    points: tuple[tuple[float, float, float], ...] | None = None
+    points: tuple[tuple[int, int, int], ...] | None = None
     point_labels: tuple[int, ...] | None = None
     network_point_labels: tuple[int, ...] | None = None
     label_names: dict[str, int] = field(default_factory=dict)
@@ -167,6 +175,8 @@ def _check_extra_classes(extra_classes: Mapping[str, int] | None) -> dict[str, i
 
 
 def _as_list(value: Any, what: str) -> list:
+    if isinstance(value, Mapping):
+        raise PromptError(f"{what} must be a list, got an object {value!r:.80}")
     if isinstance(value, (str, bytes, numbers.Number)) or not isinstance(value, Iterable):
         return [value]
     try:
@@ -216,7 +226,10 @@ def _as_number(value: Any, what: str) -> float:
     return number
 
 
-def _check_points(points: Any, point_labels: Any, image_shape: Sequence[int]):
+def check_points(points: Any, point_labels: Any, image_shape: Sequence[int] | None = None):
+    """``(points, labels)`` as tuples of integers; raises PromptError for a malformed, fractional, non-finite
+    or (with ``image_shape``) outside point, a bad label, or more than ``MAX_POINTS``. Needs no image
+    without ``image_shape``: a request's points are checked before the image is read."""
     pts_in = _as_list(points, "points")
     if not pts_in and (point_labels is None or not _as_list(point_labels, "point_labels")):
         return (), ()
@@ -225,17 +238,27 @@ def _check_points(points: Any, point_labels: Any, image_shape: Sequence[int]):
     lbl_in = _as_list(point_labels, "point_labels")
     if len(lbl_in) != len(pts_in):
         raise PromptError(f"{len(pts_in)} points but {len(lbl_in)} point_labels")
-    shape = tuple(int(s) for s in image_shape)
-    pts: list[tuple[float, float, float]] = []
+    if len(pts_in) > MAX_POINTS:
+        raise PromptError(f"{len(pts_in)} points: at most {MAX_POINTS} per request")
+    shape = tuple(int(s) for s in image_shape) if image_shape is not None else None
+    pts: list[tuple[int, int, int]] = []
     for n, p in enumerate(pts_in):
         coords = _as_list(p, f"point {n}")
         if len(coords) != 3:
             raise PromptError(f"point {n} {p!r} must have 3 coordinates [x, y, z]")
         xyz = tuple(_as_number(c, f"point {n} coordinate") for c in coords)
-        xyz = tuple(int(c) if c.is_integer() else c for c in xyz)
-        if any(c < 0 or c > s - 1 for c, s in zip(xyz, shape)):
-            raise PromptError(f"point {n} {list(xyz)} is outside the image of shape {list(shape)}")
-        pts.append(xyz)  # type: ignore[arg-type]
+        shown = f"[{', '.join(f'{c:g}' for c in xyz)}]"  # 1e300 as written, not as 301 digits
+        if not all(c.is_integer() for c in xyz):
+            raise PromptError(f"point {n} {shown} must be voxel indices (integers)")
+        if shape is not None and any(c < 0 or c > s - 1 for c, s in zip(xyz, shape)):
+            raise PromptError(f"point {n} {shown} is outside the image of shape {list(shape)}")
+        if any(c < 0 or c >= MAX_INDEX for c in xyz):
+            raise PromptError(
+                f"point {n} {shown} is outside the image (voxel indices start at 0, and no image has {MAX_INDEX:,} voxels "
+                "along an axis)"
+            )
+        ijk = tuple(int(c) for c in xyz)
+        pts.append(ijk)  # type: ignore[arg-type]
     labels: list[int] = []
     for n, v in enumerate(lbl_in):
         number = _as_number(v, f"point label {n}")
@@ -274,7 +297,7 @@ def resolve_prompts(
     pts: tuple | None = None
     lbls: tuple | None = None
     if have_points:
-        pts, lbls = _check_points(points, point_labels, shape)
+        pts, lbls = check_points(points, point_labels, shape)
         if not pts:
             have_points, pts, lbls = False, None, None
     elif point_labels is not None and len(_as_list(point_labels, "point_labels")) > 0:
