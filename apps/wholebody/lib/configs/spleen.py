@@ -10,6 +10,7 @@ import lib.infers.spleen
 import lib.trainers.spleen
 from lib.acceleration.tensorrt import precision_from_conf
 from lib.conf import Conf
+from lib.configs.distributed_training import rank_command
 from lib.labels import SPLEEN_LABELS
 from lib.networks import spleen_unet
 from lib.weights.official import OfficialCheckpoint
@@ -48,4 +49,5 @@ class SpleenSegmentation(TaskConfig):
             paths=self.checkpoint.paths,
             max_epochs=self.max_epochs,
             val_split=self.val_split,
+            torchrun_entry=rank_command(self.name),
         )

@@ -13,6 +13,7 @@ from lib.acceleration.tensorrt import precision_from_conf
 from lib.activelearning.scoring import SCORE_KEY, WholeBodyUncertainty
 from lib.activelearning.strategies import Uncertainty
 from lib.conf import Conf, ConfError
+from lib.configs.distributed_training import rank_command
 from lib.heads.merge import OVERLAP_RULES
 from lib.heads.store import HeadStore
 from lib.labels import wholebody_labels
@@ -79,7 +80,7 @@ class WholeBodySegmentation(TaskConfig):
         )
         return {
             self.name: lib.trainers.wholebody.WholeBodySegmentation(
-                model_dir=os.path.join(self.model_dir, "train", self.name), **common
+                model_dir=os.path.join(self.model_dir, "train", self.name), torchrun_entry=rank_command(self.name), **common
             ),
             f"{self.name}_structures": lib.trainers.structure_head.StructureHeadTrainer(
                 model_dir=os.path.join(self.model_dir, "train", f"{self.name}_structures"), heads=self.heads, **common

@@ -33,11 +33,13 @@ class CTSegmentationTrainer(PublishingTrainTask):
         max_epochs: int,
         val_split: float,
         roi_size: Sequence[int],
+        torchrun_entry: Sequence[str] = (),
     ):
         super().__init__(
             model_dir,
             description,
             config={"max_epochs": max_epochs, "val_split": val_split},
+            torchrun_entry=torchrun_entry,
             load_strict=True,
             labels=labels,
             tracking=None,
@@ -119,7 +121,8 @@ class CTSegmentationTrainer(PublishingTrainTask):
         return self.train_post_transforms(context)
 
     def val_handlers(self, context: Context):
-        return [*super().val_handlers(context), PerClassDice(self._channels)]
+        # MONAI Label's are rank 0's alone; every rank adds its Dice sums.
+        return [*(super().val_handlers(context) or []), PerClassDice(self._channels)]
 
     def _publish(self, context: Context) -> None:
         # The infer task reloads when the published file's mtime changes: write it atomically.

@@ -23,9 +23,17 @@ class SpleenSegmentation(CTSegmentationTrainer):
         paths: Sequence[str],
         max_epochs: int,
         val_split: float,
+        torchrun_entry: Sequence[str] = (),
     ):
         super().__init__(
-            model_dir, network_factory, labels, "Train the spleen UNet on saved labels", max_epochs, val_split, pipeline.ROI_SIZE
+            model_dir,
+            network_factory,
+            labels,
+            "Train the spleen UNet on saved labels",
+            max_epochs,
+            val_split,
+            pipeline.ROI_SIZE,
+            torchrun_entry,
         )
         self._paths = paths
 

@@ -29,6 +29,7 @@ class WholeBodySegmentation(CTSegmentationTrainer):
         highres: bool,
         max_epochs: int,
         val_split: float,
+        torchrun_entry: Sequence[str] = (),
     ):
         super().__init__(
             model_dir,
@@ -38,6 +39,7 @@ class WholeBodySegmentation(CTSegmentationTrainer):
             max_epochs,
             val_split,
             pipeline.ROI_SIZE,
+            torchrun_entry,
         )
         self._config["highres"] = highres
         self.checkpoints = checkpoints
