@@ -186,3 +186,39 @@ def orthanc(tmp_path, pacs_tools):
         pytest.fail(f"Orthanc could not start: {e}")
     yield server
     server.stop()
+
+
+def pacs_client(orthanc):
+    import requests
+    from dicomweb_client import DICOMwebClient
+
+    session = requests.Session()
+    session.auth = orthanc.auth
+    return DICOMwebClient(url=orthanc.dicomweb_url, session=session)
+
+
+def series_uids(orthanc, **filters) -> list[str]:
+    import pydicom
+
+    found = pacs_client(orthanc).search_for_series(search_filters=filters)
+    return [str(pydicom.Dataset.from_json(s).SeriesInstanceUID) for s in found]
+
+
+def retrieve_segs(orthanc) -> list:
+    import pydicom
+
+    client = pacs_client(orthanc)
+    segs = []
+    for item in client.search_for_series(search_filters={"Modality": "SEG"}):
+        meta = pydicom.Dataset.from_json(item)
+        segs += client.retrieve_series(str(meta.StudyInstanceUID), str(meta.SeriesInstanceUID))
+    return segs
+
+
+def start_on_pacs(start_server, orthanc, monkeypatch, tmp_path, **conf):
+    """A server on the test's Orthanc, its login from the environment as the README says."""
+    monkeypatch.setenv("MONAI_LABEL_DICOMWEB_USERNAME", orthanc.auth[0])
+    monkeypatch.setenv("MONAI_LABEL_DICOMWEB_PASSWORD", orthanc.auth[1])
+    monkeypatch.setenv("MONAI_LABEL_DICOMWEB_CACHE_PATH", str(tmp_path / "dicomweb-cache"))
+    options = {"highres": "false", "models": "wholebody,spleen", "dicomweb_retry_s": "1", **conf}
+    return start_server(conf=options, studies=orthanc.dicomweb_url)

@@ -18,8 +18,8 @@ from monai.transforms import (
     LoadImaged,
     NormalizeIntensityd,
     Orientationd,
-    ScaleIntensityRanged,
     ScaleIntensityd,
+    ScaleIntensityRanged,
     Spacingd,
 )
 

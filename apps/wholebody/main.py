@@ -22,6 +22,7 @@ from monailabel.tasks.activelearning.random import Random
 import lib.configs
 from lib.activelearning import datastore_info, trigger
 from lib.activelearning.handout import Exclusive, Handouts
+from lib.batch.server_task import StudyBatchInfer
 from lib.conf import Conf, ConfError
 from lib.datastore.local import CheckedLocalDatastore
 from lib.labels.mapping import segment_mapping
@@ -31,6 +32,10 @@ from lib.server.infer_queue import InferQueue, default_workers, worker_devices
 from lib.weights.checkpoints import write_training_checkpoints_atomically
 
 logger = logging.getLogger(__name__)
+
+# The strategy /info/ lists first, Slicer's default: random, because no model strategy beat it in
+# the simulated annotation study (bench/bench_active_learning.py, README "Active learning").
+FIRST_STRATEGY = "random"
 
 # MONAI Label tracks training runs in MLflow's file store, which MLflow 3 refuses unless allowed.
 os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
@@ -133,6 +138,9 @@ class WholeBodyApp(MONAILabelApp):
             infers.update(tasks if isinstance(tasks, dict) else {name: tasks})
         return infers
 
+    def init_batch_infer(self):
+        return StudyBatchInfer()  # per study, failures answered with their reason (lib/batch/server_task.py)
+
     def init_trainers(self) -> Dict[str, TrainTask]:
         if self.options.bool("skip_trainers", False):
             return {}
@@ -145,15 +153,18 @@ class WholeBodyApp(MONAILabelApp):
 
     # --- active learning: strategies, scoring, hand-outs (lib/activelearning/; README "Active learning") ---
     def init_strategies(self) -> Dict[str, Strategy]:
-        """``random``, ``first`` and the models' own (``uncertainty``), each handing out only studies
-        that no other client is annotating."""
+        """``random``, ``first`` and the models' own (``diversity_then_class_entropy``, ``diversity``,
+        ``class_entropy``, ``uncertainty``), each handing out only studies that no other client is
+        annotating. ``FIRST_STRATEGY`` is listed first: Slicer's "Next Sample" uses it unless the
+        annotator picks another."""
         self.handouts = Handouts(
             self.options.float("al_lock_minutes", 30.0, low=0.0), path=os.path.join(self.model_dir, "handouts.json")
         )
         chosen: Dict[str, Strategy] = {"random": Random(), "first": First()}
         for config in self.models.values():
             chosen.update(self._by_name(config.strategy(), config.name))
-        return {name: Exclusive(strategy, self.handouts) for name, strategy in chosen.items()}
+        ordered = {name: chosen[name] for name in (FIRST_STRATEGY,) if name in chosen} | chosen
+        return {name: Exclusive(strategy, self.handouts) for name, strategy in ordered.items()}
 
     def init_scoring_methods(self) -> Dict[str, ScoringMethod]:
         methods: Dict[str, ScoringMethod] = {}
@@ -191,6 +202,7 @@ class WholeBodyApp(MONAILabelApp):
         # Imported here: the FastAPI app exists only when running under the server.
         from monailabel.app import app as fastapi_app
 
+        from lib.batch import server_request as batch_requests
         from lib.heads import routes as head_routes
         from lib.server import errors as http_errors
         from lib.server import routes, train_requests, training_runs
@@ -200,6 +212,7 @@ class WholeBodyApp(MONAILabelApp):
         head_routes.install(fastapi_app, self._infers)
         train_requests.install(self)
         training_runs.install()
+        batch_requests.install(self)
         if not self.inline_requests:
             routes.install(fastapi_app, InferQueue(worker_devices(self.infer_workers), self.infer_queue, self.infer_wait_s))
         # Last: it checks every route installed before it, and refuses to start an exposed server.

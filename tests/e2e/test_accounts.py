@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 import requests
 import torch
-
 from accounts import AccountsServer, SlicerLogin, add_user
+
 from conftest import APP, CT, free_port, slicer_client_class, wait_for_training
 from lib.networks import wholebody_segresnet
 

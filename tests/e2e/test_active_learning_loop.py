@@ -1,5 +1,6 @@
-"""The active learning loop through the 3D Slicer module's own client, two annotators at once:
-next sample by uncertainty, infer, save label, train, the scores follow the new model, next sample."""
+"""The active learning loop through the 3D Slicer module's own client, three annotators at once:
+next sample by the strategy ``/info/`` lists first (Slicer's default), by diversity then class
+entropy, and by uncertainty; infer, save label, train, the scores follow the new model, next sample."""
 
 from __future__ import annotations
 
@@ -16,50 +17,61 @@ from lib.phantom import write_phantom
 pytestmark = pytest.mark.e2e
 
 KEY = "wholebody_uncertainty"
+FIRST = "random"  # listed first in /info/: nothing beat it in the simulated annotation study
+COMBINED = "diversity_then_class_entropy"
 # Small phantoms at the lowres model's 3 mm, one inference window each.
 PHANTOM = {"shape": (64, 54, 42), "spacing": (3.0, 3.0, 3.0)}
 
 
-def scores(client) -> dict[str, dict]:
-    """What ``/datastore/?output=all`` shows of the unlabeled studies' scores."""
+def records(client) -> dict[str, dict]:
+    """What ``/datastore/?output=all`` shows of each study's record, and whether it is labelled."""
     objects = client.datastore()["objects"]
-    return {i: o["image"]["info"].get(KEY) for i, o in objects.items() if "final" not in o.get("labels", {})}
+    return {i: (o["image"]["info"].get(KEY), "final" in o.get("labels", {})) for i, o in objects.items()}
 
 
 def wait_for_scores(client, model: str, timeout: float = 240) -> dict[str, dict]:
+    """The unlabeled studies' records once every study has its record from ``model``: a score for
+    the unlabeled ones, features for the labelled ones."""
     start = time.time()
     while time.time() - start < timeout:
-        current = scores(client)
-        if all(r and r["model"] == model for r in current.values()):
-            return current
+        current = records(client)
+        if all(r and r["model"] == model and ("features" if labelled else "score") in r for r, labelled in current.values()):
+            return {i: r for i, (r, labelled) in current.items() if not labelled}
         time.sleep(2)
-    raise TimeoutError(f"scores from '{model}' missing after {timeout} s: {current}")
-
+    raise TimeoutError(f"records from '{model}' missing after {timeout} s: {current}")
 
 
 def test_next_sample_infer_save_train_next_sample(start_server, tmp_path):
     studies = tmp_path / "studies"
     studies.mkdir()
     shutil.copy(CT, studies / "ct.nii.gz")
-    for seed in (1, 2):
+    for seed in (1, 2, 3):
         write_phantom(studies / f"phantom{seed}.nii.gz", seed=seed, variation=0.5, **PHANTOM)
     # Two passes over one 48^3 window per study keep the test short; the defaults are 4 and 64^3.
-    server = start_server({"models": "wholebody", "highres": "false", "al_mc_samples": "2", "al_roi": "48"}, studies=studies)
+    # Diversity for the first study only, so that the loop reaches class entropy after one label.
+    conf = {"models": "wholebody", "highres": "false", "al_mc_samples": "2", "al_roi": "48", "al_diversity_studies": "1"}
+    server = start_server(conf, studies=studies)
     Client = slicer_client_class()
-    first, second = Client(server.url, str(tmp_path), "annotator-1"), Client(server.url, str(tmp_path), "annotator-2")
+    first, second, third = (Client(server.url, str(tmp_path), f"annotator-{i}") for i in (1, 2, 3))
 
     info = first.info()
-    assert "uncertainty" in info["strategies"] and KEY in info["scoring"]
+    assert list(info["strategies"])[0] == FIRST, list(info["strategies"])
+    assert {COMBINED, "diversity", "class_entropy", "uncertainty", "first"} <= set(info["strategies"]) and KEY in info["scoring"]
 
     # Scoring started with the server, in the background, with the untrained (seeded) weights.
     before = wait_for_scores(first, "untrained")
-    assert set(before) == {"ct", "phantom1", "phantom2"}
+    assert set(before) == {"ct", "phantom1", "phantom2", "phantom3"}
+    assert all(r["structures"] and r["features"] for r in before.values()), before
 
-    sample = first.next_sample("uncertainty", {})
-    assert sample["selected_by"] == "uncertainty"
-    assert sample["id"] == max(before, key=lambda i: before[i]["score"]), (sample, before)
-    taken = second.next_sample("uncertainty", {})
-    assert taken["id"] != sample["id"], "one study handed out to two annotators"
+    # Three annotators at once: Slicer's default strategy, the combined one and uncertainty.
+    sample = first.next_sample(FIRST, {})
+    combined = second.next_sample(COMBINED, {})
+    assert combined["selected_by"] == "diversity" and combined["covered_by"] == 1, "the study annotator-1 holds counts as covered"
+    taken = third.next_sample("uncertainty", {})
+    assert taken["selected_by"] == "uncertainty", taken
+    free = {i: r for i, r in before.items() if i not in (sample["id"], combined["id"])}
+    assert taken["id"] == max(free, key=lambda i: free[i]["score"]), "one study handed out to two annotators"
+    assert len({sample["id"], combined["id"], taken["id"]}) == 3
 
     slicer_params = {"result_extension": ".nrrd", "result_dtype": "uint8"}
     result_file, params = first.infer("wholebody", sample["id"], slicer_params)
@@ -75,11 +87,15 @@ def test_next_sample_infer_save_train_next_sample(start_server, tmp_path):
     status = wait_for_training(first)
     assert status["status"] == "DONE", status
 
-    # The new model scores the studies left, in the background, after the training run.
+    # The new model scores the studies left and takes the labelled one's features, in the background.
     after = wait_for_scores(first, "wholebody_lowres.pt")
-    assert set(after) == {"ct", "phantom1", "phantom2"} - {sample["id"]}
+    assert set(after) == {"ct", "phantom1", "phantom2", "phantom3"} - {sample["id"]}
 
-    following = first.next_sample("uncertainty", {})
-    assert following["selected_by"] == "uncertainty"
-    assert following["id"] not in (sample["id"], taken["id"]), (following, sample, taken)
+    following = first.next_sample(FIRST, {})
+    assert following["id"] in after and following["id"] not in (combined["id"], taken["id"]), following
     assert following[KEY]["model"] == "wholebody_lowres.pt"
+    by_class = second.next_sample(COMBINED, {})  # one study labelled: class entropy from now on
+    assert by_class["selected_by"] == "class_entropy" and by_class["structure"] in info["models"]["wholebody"]["labels"], by_class
+    assert by_class["id"] not in (following["id"], taken["id"]), "a study another annotator holds"
+    again = third.next_sample("uncertainty", {})
+    assert again["selected_by"] == "uncertainty" and again["id"] not in (following["id"], by_class["id"]), again

@@ -13,8 +13,8 @@ import time
 import numpy as np
 import pytest
 import requests
-
 from accounts import AccountsServer, add_user
+
 from conftest import PACS_SERIES, ROOT, free_port
 
 pytestmark = pytest.mark.e2e
@@ -57,8 +57,9 @@ def browser_or_fail():
 
 
 def viewport_pixels(page) -> np.ndarray:
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     box = page.locator('[data-cy="viewport-pane"]').first.bounding_box()
     shot = page.screenshot(clip=box)

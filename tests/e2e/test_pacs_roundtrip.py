@@ -15,7 +15,18 @@ import pytest
 import requests
 import SimpleITK as sitk
 
-from conftest import PACS_SERIES, ROOT, SHARED, free_port, slicer_client_class, wait_for, wait_for_training
+from conftest import (
+    PACS_SERIES,
+    ROOT,
+    SHARED,
+    free_port,
+    retrieve_segs,
+    series_uids,
+    slicer_client_class,
+    start_on_pacs,
+    wait_for,
+    wait_for_training,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -23,20 +34,7 @@ TIMEOUT = 600
 SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 
 
-# ----------------------------------------------------------------------------- helpers
-
-
-def pacs_client(orthanc):
-    from dicomweb_client import DICOMwebClient
-
-    session = requests.Session()
-    session.auth = orthanc.auth
-    return DICOMwebClient(url=orthanc.dicomweb_url, session=session)
-
-
-def series_uids(orthanc, **filters) -> list[str]:
-    found = pacs_client(orthanc).search_for_series(search_filters=filters)
-    return [str(pydicom.Dataset.from_json(s).SeriesInstanceUID) for s in found]
+# ----------------------------------------------------------------------------- helpers (more in conftest.py)
 
 
 def infer(server, model: str, image: str, params: dict | None = None) -> tuple[bytes, dict]:
@@ -76,15 +74,6 @@ def save_label(server, image: str, path, params: dict) -> requests.Response:
         )
 
 
-def retrieve_segs(orthanc) -> list[pydicom.Dataset]:
-    client = pacs_client(orthanc)
-    segs = []
-    for item in client.search_for_series(search_filters={"Modality": "SEG"}):
-        meta = pydicom.Dataset.from_json(item)
-        segs += client.retrieve_series(str(meta.StudyInstanceUID), str(meta.SeriesInstanceUID))
-    return segs
-
-
 def seg_on_label_grid(seg: pydicom.Dataset, label: sitk.Image, label_names: dict[str, int]) -> np.ndarray:
     """The SEG read by pydicom-seg (its own geometry, from the SEG's frame positions), resampled on
     the label's grid, with segment numbers mapped back to label values through the segment names."""
@@ -97,14 +86,6 @@ def seg_on_label_grid(seg: pydicom.Dataset, label: sitk.Image, label_names: dict
     for item in seg.SegmentSequence:
         lut[int(item.SegmentNumber)] = label_names[str(item.SegmentLabel)]
     return lut[numbers]
-
-
-def start_on_pacs(start_server, orthanc, monkeypatch, tmp_path, **conf):
-    monkeypatch.setenv("MONAI_LABEL_DICOMWEB_USERNAME", orthanc.auth[0])
-    monkeypatch.setenv("MONAI_LABEL_DICOMWEB_PASSWORD", orthanc.auth[1])
-    monkeypatch.setenv("MONAI_LABEL_DICOMWEB_CACHE_PATH", str(tmp_path / "dicomweb-cache"))
-    options = {"highres": "false", "models": "wholebody,spleen", "dicomweb_retry_s": "1", **conf}
-    return start_server(conf=options, studies=orthanc.dicomweb_url)
 
 
 # ----------------------------------------------------------------------------- tests

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import wait_for
 
+from conftest import wait_for
 from lib.networks import spleen_unet
 from lib.weights.download import OFFICIAL_WEIGHTS, ensure_weights, md5sum
 

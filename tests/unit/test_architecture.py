@@ -53,3 +53,10 @@ def test_checker_sees_a_reverse_import(tmp_path):
     sample = tmp_path / "sample.py"
     sample.write_text("from lib.trainers.wholebody import X\nimport lib.configs\nfrom lib import infers\n")
     assert _imported_lib_packages(sample) == {"trainers", "configs", "infers"}
+
+
+def test_test_files_have_unique_names():
+    """pytest imports test files by basename (no __init__.py): two of one name stop the whole run."""
+    tests = Path(__file__).resolve().parents[1]
+    names = [p.name for p in tests.rglob("test_*.py")]
+    assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)

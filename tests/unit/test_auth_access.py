@@ -14,6 +14,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.testclient import TestClient
 from monailabel.endpoints.user.auth import RBAC, User
 from starlette.middleware import Middleware
+from test_auth_users import fast_bcrypt  # noqa: F401  (a fixture: cheap hashes)
 
 from lib.conf import Conf, ConfError
 from lib.server.auth import install as access_control
@@ -22,7 +23,6 @@ from lib.server.auth.context import signed_in_user
 from lib.server.auth.exposure import ExposedWithoutAccounts
 from lib.server.auth.roles import ADMIN, ANNOTATOR, USER
 from lib.server.auth.users import Account, hash_password, read, write
-from test_auth_users import fast_bcrypt  # noqa: F401  (a fixture: cheap hashes)
 
 PASSWORDS = {"uma": "uma-password", "anna": "anna-password", "adam": "adam-password"}
 ROLES = {"uma": USER, "anna": ANNOTATOR, "adam": ADMIN}

@@ -16,7 +16,6 @@ from __future__ import annotations
 import ast
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from conftest import APP, ROOT
 

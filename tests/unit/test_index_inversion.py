@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
-from monai.transforms import Compose, SpatialResample, Spacingd
+from monai.transforms import Compose, Spacingd, SpatialResample
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "apps" / "wholebody"))
 from lib.pipelines import wholebody as pipeline  # noqa: E402

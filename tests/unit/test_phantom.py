@@ -18,7 +18,6 @@ if str(APP_DIR) not in sys.path:
 from conftest import CHANNELS  # noqa: E402
 from lib.phantom import LABELS, PHANTOM_NAME, VERTEBRA_LABELS, make_phantom, write_phantom  # noqa: E402
 
-
 HU_RANGES = {
     "liver": (50, 70),
     "spleen": (35, 55),

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lib.acceleration.tensorrt import accelerate, precision_from_conf, tensorrt_available
 from lib.conf import Conf, ConfError
 from lib.networks import wholebody_segresnet
 from lib.pipelines import wholebody as pipeline
-from lib.acceleration.tensorrt import accelerate, precision_from_conf, tensorrt_available
 
 
 def test_precision_option():

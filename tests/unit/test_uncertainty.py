@@ -28,10 +28,10 @@ from lib.activelearning.handout import Exclusive, Handouts
 from lib.activelearning.mc_dropout import enable_mc_dropout, mc_dropout_uncertainty, pick_windows
 from lib.activelearning.scoring import SCORE_KEY, WholeBodyUncertainty
 from lib.activelearning.strategies import Uncertainty
-from lib.weights.checkpoints import save_atomically
 from lib.datastore.local import CheckedLocalDatastore
 from lib.networks import wholebody_segresnet
 from lib.phantom import make_phantom, ras_affine
+from lib.weights.checkpoints import save_atomically
 
 # The phantom's reference field of view at 10 mm: the scorer's resampling is the identity.
 SHAPE, SPACING = (36, 30, 24), (10.0, 10.0, 10.0)
@@ -92,6 +92,7 @@ def scorer(checkpoint: Path, **kwargs) -> WholeBodyUncertainty:
     return WholeBodyUncertainty(
         network_factory=GapHypotheses,
         checkpoint_paths=[str(checkpoint.parent / "official_missing.pt"), str(checkpoint)],
+        labels={"body": 1},
         pixdim=SPACING,
         roi_size=(16, 16, 16),
         **{"mc_samples": 4, "windows": 2, **kwargs},
@@ -335,11 +336,18 @@ def test_the_config_serves_the_score_and_the_strategy_and_checks_its_options(tmp
     from lib.configs.wholebody import WholeBodySegmentation
 
     config = WholeBodySegmentation()
-    config.init("wholebody", str(tmp_path), {"download_weights": "false", "al_mc_samples": "3", "al_roi": "48"}, None)
+    conf = {"download_weights": "false", "al_mc_samples": "3", "al_roi": "48", "al_gumbel_scale": "0.5", "al_diversity_studies": "2"}
+    config.init("wholebody", str(tmp_path), conf, None)
     method = config.scoring_method()[SCORE_KEY]
     assert (method.mc_samples, method.roi_size, method.pixdim) == (3, (48, 48, 48), (3.0, 3.0, 3.0))
     assert method.checkpoint_paths[-1] == str(tmp_path / "wholebody_lowres.pt"), "a model trained here wins"
-    assert isinstance(config.strategy()["uncertainty"], Uncertainty)
-    for bad in ({"al_roi": "50"}, {"al_mc_samples": "1"}, {"al_windows": "many"}):
+    assert method.names[5] == "liver" and len(method.names) == 104 and method.has_encoder
+    strategies = config.strategy()
+    assert list(strategies) == ["diversity_then_class_entropy", "diversity", "class_entropy", "uncertainty"]
+    assert isinstance(strategies["uncertainty"], Uncertainty)
+    combined = strategies["diversity_then_class_entropy"]
+    assert combined.studies == 2 and combined.class_entropy is strategies["class_entropy"]
+    assert strategies["class_entropy"].noise_scale == 0.5 and strategies["class_entropy"].channels["liver"] == 5
+    for bad in ({"al_roi": "50"}, {"al_mc_samples": "1"}, {"al_windows": "many"}, {"al_gumbel_scale": "-1"}, {"al_diversity_studies": "-1"}):
         with pytest.raises(ConfError, match=next(iter(bad))):
             WholeBodySegmentation().init("wholebody", str(tmp_path), {"download_weights": "false", **bad}, None)

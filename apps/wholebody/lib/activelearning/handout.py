@@ -99,6 +99,10 @@ class _WithoutHeld:
     def get_unlabeled_images(self, *args, **kwargs):
         return [i for i in self._datastore.get_unlabeled_images(*args, **kwargs) if i not in self._held]
 
+    def held_by_others(self) -> set[str]:
+        """For strategies that count a study being annotated as good as labelled (``diversity``)."""
+        return set(self._held)
+
     def __getattr__(self, name):
         return getattr(self._datastore, name)
 

@@ -1,17 +1,20 @@
-"""``wholebody_uncertainty``: MC dropout score of every unlabeled study, kept in the datastore.
+"""``wholebody_uncertainty``: MC dropout scores of every unlabeled study, kept in the datastore.
 
 MONAI Label runs a scoring method as a background task (``POST /scoring/wholebody_uncertainty``,
 ``AsyncTask``): a separate process, so the server's inference never waits for it. That process
 lowers its own CPU priority and torch threads (``al_threads``) so that it also leaves the cores
-to inference. Each score is written as soon as it is computed, under the image's info::
+to inference. Each record is written as soon as it is computed, under the image's info::
 
-    "wholebody_uncertainty": {"score": 0.0123, "entropy": 0.41, "model": "wholebody_lowres.pt",
+    "wholebody_uncertainty": {"score": 0.0123, "entropy": 0.41, "structures": {"liver": [0.113, 5120], ...},
+                              "features": "<base64>", "model": "wholebody_lowres.pt",
                               "model_mtime": 1732345678.1, "mc_samples": 4, "voxels": 151200,
                               "windows": 1, "seconds": 14.2, "ts": 1732345690}
 
-A study is scored again only when it has no score from the current lowres checkpoint (path and
-mtime) or a request says ``force``. Bound per study: ``al_mc_samples`` passes over at most
-``al_windows`` windows of ``al_roi`` voxels at 3 mm, whatever the study's size.
+(``records.py`` says what each field is.) A study is scored again only when it has no record
+from the current lowres checkpoint (path and mtime) or a request says ``force``. Bound per study:
+``al_mc_samples`` passes over at most ``al_windows`` windows of ``al_roi`` voxels at 3 mm,
+whatever the study's size. Labelled studies get the features alone (the encoder's share of the
+same passes), so that ``diversity`` compares them with the candidates in one model's feature space.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import logging
 import os
 import sys
 import time
+from functools import cached_property
 from typing import Any, Callable, Sequence
 
 import torch
@@ -28,7 +32,8 @@ from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 
 from lib.activelearning import datastore_info
-from lib.activelearning.mc_dropout import enable_mc_dropout, mc_dropout_uncertainty
+from lib.activelearning.mc_dropout import enable_mc_dropout, mc_dropout_features, mc_dropout_uncertainty
+from lib.activelearning.records import encode_features, structures_record
 from lib.conf import as_bool, as_int
 from lib.pipelines import wholebody as pipeline
 from lib.weights.checkpoints import load_state_dict
@@ -56,9 +61,11 @@ def load_study(path: str, pixdim: Sequence[float]) -> tuple[torch.Tensor, torch.
 
 
 class WholeBodyUncertainty(ScoringMethod):
-    """Epistemic uncertainty (MC dropout, BALD) of the lowres ``wholebody`` model per unlabeled study.
+    """MC dropout scores of the lowres ``wholebody`` model per unlabeled study: the epistemic
+    uncertainty (BALD), the entropy of each structure and the pooled encoder features.
 
     ``checkpoint_paths``: the lowres candidates, most preferred last (as the infer task uses them).
+    ``labels``: structure name -> channel, the names the per-structure scores are kept under.
     Request params (``POST /scoring/wholebody_uncertainty``): ``mc_samples``, ``windows``,
     ``force`` (score all again), ``max_studies`` (at most this many this run), ``device``.
     """
@@ -67,6 +74,7 @@ class WholeBodyUncertainty(ScoringMethod):
         self,
         network_factory: Callable[[], torch.nn.Module],
         checkpoint_paths: Sequence[str],
+        labels: dict[str, int],
         pixdim: Sequence[float],
         roi_size: Sequence[int],
         mc_samples: int = 4,
@@ -75,11 +83,12 @@ class WholeBodyUncertainty(ScoringMethod):
         key: str = SCORE_KEY,
     ):
         super().__init__(
-            f"Epistemic uncertainty of the lowres wholebody model per unlabeled study: MC dropout, {mc_samples} passes "
-            f"over at most {windows} window(s) of {'x'.join(map(str, roi_size))} at {pixdim[0]} mm; "
-            f"stored as image info '{key}'"
+            f"Uncertainty of the lowres wholebody model per unlabeled study, overall and per structure, and its encoder "
+            f"features: MC dropout, {mc_samples} passes over at most {windows} window(s) of {'x'.join(map(str, roi_size))} "
+            f"at {pixdim[0]} mm; stored as image info '{key}'"
         )
         self.network_factory = network_factory
+        self.names = {channel: name for name, channel in labels.items()}
         self.checkpoint_paths = list(checkpoint_paths)
         self.pixdim = tuple(pixdim)
         self.roi_size = tuple(roi_size)
@@ -98,17 +107,25 @@ class WholeBodyUncertainty(ScoringMethod):
                 return path, os.stat(path).st_mtime
         return None, 0.0
 
-    def is_current(self, info: dict[str, Any], checkpoint: tuple[str | None, float]) -> bool:
-        score = info.get(self.key)
+    @cached_property
+    def has_encoder(self) -> bool:
+        """Whether the network has an encoder to take features from (labelled studies need them then)."""
+        return hasattr(self.network_factory(), "encode")
+
+    def is_current(self, info: dict[str, Any], checkpoint: tuple[str | None, float], field: str = "score") -> bool:
+        """Whether the record is from the current checkpoint and has ``field`` (or failed with it)."""
+        record = info.get(self.key)
         path, mtime = checkpoint
         return (
-            isinstance(score, dict)
-            and score.get("model") == (os.path.basename(path) if path else "untrained")
-            and score.get("model_mtime") == mtime
+            isinstance(record, dict)
+            and record.get("model") == (os.path.basename(path) if path else "untrained")
+            and record.get("model_mtime") == mtime
+            and (field in record or "error" in record)
         )
 
     def pending(self, datastore: Datastore) -> list[str]:
-        """Unlabeled studies without a score from the current checkpoint: never scored first."""
+        """Unlabeled studies without a score from the current checkpoint, never scored first; then
+        labelled studies without its features."""
         datastore_info.reload(datastore)
         checkpoint = self.checkpoint()
         never, stale = [], []
@@ -116,7 +133,13 @@ class WholeBodyUncertainty(ScoringMethod):
             info = datastore.get_image_info(image_id)
             if not self.is_current(info, checkpoint):
                 (stale if self.key in info else never).append(image_id)
-        return never + stale
+        return never + stale + self.pending_features(datastore, checkpoint)
+
+    def pending_features(self, datastore: Datastore, checkpoint: tuple[str | None, float]) -> list[str]:
+        if not self.has_encoder:
+            return []
+        labelled = sorted(datastore.get_labeled_images())
+        return [i for i in labelled if not self.is_current(datastore.get_image_info(i), checkpoint, "features")]
 
     def network(self, device: torch.device, path: str | None) -> torch.nn.Module:
         with torch.random.fork_rng():  # the same seeded weights as the untrained infer task
@@ -142,42 +165,48 @@ class WholeBodyUncertainty(ScoringMethod):
         if as_bool(request.get("force", False), "force"):
             datastore_info.reload(datastore)
             todo = sorted(datastore.get_unlabeled_images())
+            todo += sorted(datastore.get_labeled_images()) if self.has_encoder else []
         else:
             todo = self.pending(datastore)
         todo = todo[:max_studies] if max_studies else todo
         path, mtime = self.checkpoint()
-        summary: dict[str, Any] = {"model": path or "untrained", "pending": len(todo), "scored": {}, "failed": {}}
+        summary: dict[str, Any] = {"model": path or "untrained", "pending": len(todo), "scored": {}, "featured": [], "failed": {}}
         if not todo:
             summary["seconds"] = round(time.time() - start, 2)
             return summary
 
         network = self.network(device, path)
         model = {"model": os.path.basename(path) if path else "untrained", "model_mtime": mtime}
+        labelled = set(datastore.get_labeled_images())
         for image_id in todo:
             began = time.time()
             try:
                 image, hu = load_study(datastore.get_image_uri(image_id), self.pixdim)
-                u = mc_dropout_uncertainty(network, image, hu, self.roi_size, samples, windows, device)
+                if image_id in labelled:
+                    record = {"features": encode_features(mc_dropout_features(network, image, hu, self.roi_size, samples, windows, device))}
+                else:
+                    u = mc_dropout_uncertainty(network, image, hu, self.roi_size, samples, windows, device)
+                    record = {
+                        "score": u.bald,
+                        "entropy": u.entropy,
+                        "structures": structures_record(u.structure_entropy, u.structure_voxels, self.names),
+                        **({"features": encode_features(u.features)} if u.features is not None else {}),
+                        "voxels": u.voxels,
+                        "windows": u.windows,
+                    }
             except Exception as e:  # one unreadable study must not stop the others
                 # Recorded, so that it is not tried again (and again) until the model changes.
                 logger.warning(f"{self.key}: cannot score {image_id}: {e}")
                 summary["failed"][image_id] = str(e)
                 datastore_info.update_image_info(datastore, image_id, {self.key: {"error": str(e), **model, "ts": int(time.time())}})
                 continue
-            record = {
-                "score": u.bald,
-                "entropy": u.entropy,
-                **model,
-                "mc_samples": samples,
-                "voxels": u.voxels,
-                "windows": u.windows,
-                "seconds": round(time.time() - began, 2),
-                "ts": int(time.time()),
-            }
+            record = {**model, "mc_samples": samples, "windows": windows, **record, "seconds": round(time.time() - began, 2), "ts": int(time.time())}
             if not datastore_info.update_image_info(datastore, image_id, {self.key: record}):
                 continue  # removed while it was being scored
+            if image_id in labelled:
+                summary["featured"].append(image_id)
+                continue
             summary["scored"][image_id] = round(u.bald, 6)
             logger.info(f"{self.key}: {image_id} score {u.bald:.5f} (entropy {u.entropy:.4f}) in {record['seconds']} s")
         summary["seconds"] = round(time.time() - start, 2)
         return summary
-

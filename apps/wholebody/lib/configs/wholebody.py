@@ -11,7 +11,7 @@ import lib.trainers.structure_head
 import lib.trainers.wholebody
 from lib.acceleration.tensorrt import precision_from_conf
 from lib.activelearning.scoring import SCORE_KEY, WholeBodyUncertainty
-from lib.activelearning.strategies import Uncertainty
+from lib.activelearning.strategies import ClassEntropy, Diversity, DiversityThenClassEntropy, Uncertainty
 from lib.conf import Conf, ConfError
 from lib.configs.distributed_training import rank_command
 from lib.heads.merge import OVERLAP_RULES
@@ -51,6 +51,10 @@ class WholeBodySegmentation(TaskConfig):
         if self.al_roi % 8:
             raise ConfError(f"'al_roi' must be a multiple of 8 (the SegResNet halves the size 3 times), got {self.al_roi}")
         self.al_threads = options.int("al_threads", 1, minimum=1)
+        # class_entropy's noise scale with one labelled study (it decays as 1 / labelled studies), and
+        # how many labelled studies diversity_then_class_entropy picks by diversity before.
+        self.al_gumbel_scale = options.float("al_gumbel_scale", 1.0, low=0.0)
+        self.al_diversity_studies = options.int("al_diversity_studies", 3, minimum=0)
 
     def weights(self):
         return {("highres" if res else "lowres"): c.status() for res, c in self.checkpoints.items()}
@@ -95,6 +99,7 @@ class WholeBodySegmentation(TaskConfig):
             SCORE_KEY: WholeBodyUncertainty(
                 network_factory=wholebody_segresnet,
                 checkpoint_paths=self.checkpoints[False].paths,
+                labels=self.labels,
                 pixdim=PIXDIM[False],
                 roi_size=(self.al_roi,) * 3,
                 mc_samples=self.al_mc_samples,
@@ -104,4 +109,11 @@ class WholeBodySegmentation(TaskConfig):
         }
 
     def strategy(self):
-        return {"uncertainty": Uncertainty(SCORE_KEY)}
+        diversity = Diversity(SCORE_KEY)
+        class_entropy = ClassEntropy(SCORE_KEY, self.labels, noise_scale=self.al_gumbel_scale)
+        return {
+            "diversity_then_class_entropy": DiversityThenClassEntropy(diversity, class_entropy, self.al_diversity_studies),
+            "diversity": diversity,
+            "class_entropy": class_entropy,
+            "uncertainty": Uncertainty(SCORE_KEY),
+        }

@@ -321,8 +321,6 @@ class PacsDatastore(OneLabelPerTag, SharedLocalDatastore, DICOMWebDatastore):
             label_filename = binary_to_image(image_uri, label_filename)
         label_info = checked_label_info(label_filename, read_header(image_uri), label_info)
 
-        if label_tag != DefaultLabelTag.FINAL:
-            return self._store_label(image_id, label_filename, label_tag, label_info)
         if int(label_info.get("layers") or 1) > 1:
             raise HTTPException(
                 status_code=422,
@@ -331,8 +329,13 @@ class PacsDatastore(OneLabelPerTag, SharedLocalDatastore, DICOMWebDatastore):
             )
 
         # 1. The SEG, written before anything is stored: a label that cannot become one is refused.
+        # Other tags than final (a model's output, e.g. /batch/infer) go to the PACS too, marked so
+        # that they are never taken for labels to train on (lib.pacs.seg_tags).
+        final = label_tag == DefaultLabelTag.FINAL
         names = self._label_names(label_info)
         frames = self._label_frames(image_id, image_uri, label_filename)
+        if not final and not frames.any():
+            return self._store_label(image_id, label_filename, label_tag, label_info)  # no segment: no SEG
         seg_file = os.path.join(self._pending_dir, f"{image_id}.{time.time_ns()}.dcm")
         model = label_info.get("model") or (label_info.get("params") or {}).get("model")
         try:
@@ -347,6 +350,7 @@ class PacsDatastore(OneLabelPerTag, SharedLocalDatastore, DICOMWebDatastore):
                 version=self._app_version,
                 series_description=f"MONAI Label {model}" if model else "MONAI Label",
                 content_creator=label_info.get("user"),
+                label_tag=label_tag,
             )
         except ValueError as e:
             raise HTTPException(status_code=422, detail=f"cannot write the label as DICOM SEG: {e}") from None
@@ -368,7 +372,7 @@ class PacsDatastore(OneLabelPerTag, SharedLocalDatastore, DICOMWebDatastore):
         )
         label_id = self._store_label(image_id, label_filename, label_tag, label_info)
         with self._lock:
-            self._seg_refs[seg["SeriesInstanceUID"]] = image_id
+            self._seg_refs[seg["SeriesInstanceUID"]] = image_id if final else None
 
         # 3. Upload now; on failure the retry thread keeps trying.
         self.flush_pending()
@@ -502,7 +506,9 @@ class PacsDatastore(OneLabelPerTag, SharedLocalDatastore, DICOMWebDatastore):
 
     def _seg_series(self) -> Dict[str, tuple[Optional[str], float]]:
         """SEG series in the PACS -> (the image series it references, when it was made as epoch
-        seconds); the reference is read from the metadata once per SEG (SEGs do not change)."""
+        seconds); the reference is read from the metadata once per SEG (SEGs do not change).
+        A model's output stored under another tag than final references nothing here."""
+        from lib.pacs.seg_tags import is_training_label
 
         def compute():
             with self._pacs("listing the segmentations"):
@@ -516,7 +522,8 @@ class PacsDatastore(OneLabelPerTag, SharedLocalDatastore, DICOMWebDatastore):
                 if seg_uid not in self._seg_refs:
                     with self._pacs(f"reading segmentation {seg_uid}"):
                         meta = self._client.retrieve_series_metadata(str(ds.StudyInstanceUID), seg_uid)
-                    ref = Dataset.from_json(meta[0]).get("ReferencedSeriesSequence") if meta else None
+                    first = Dataset.from_json(meta[0]) if meta else Dataset()
+                    ref = first.get("ReferencedSeriesSequence") if is_training_label(first) else None
                     self._seg_refs[seg_uid] = str(ref[0].SeriesInstanceUID) if ref else None
                 result[seg_uid] = (self._seg_refs[seg_uid], _dicom_epoch(ds.get("SeriesDate"), ds.get("SeriesTime")))
             return result

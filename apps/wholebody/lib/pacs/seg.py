@@ -70,15 +70,15 @@ def _coded(code: tuple[str, str]):
     return CodedConcept(value=code[0], scheme_designator=SCT, meaning=code[1])
 
 
-def segment_description(number: int, name: str, algorithm: str | None, version: str):
+def segment_description(number: int, name: str, algorithm: str | None, version: str, automatic: bool = False):
     """A highdicom SegmentDescription: SEMIAUTOMATIC with the model named when a model made
-    (and a person saved) the label, MANUAL otherwise."""
+    (and a person saved) the label, AUTOMATIC for a model's output nobody reviewed, MANUAL otherwise."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
     seg_codes = segment_codes(name)
     if algorithm:
-        algorithm_type = hd.seg.SegmentAlgorithmTypeValues.SEMIAUTOMATIC
+        algorithm_type = hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC if automatic else hd.seg.SegmentAlgorithmTypeValues.SEMIAUTOMATIC
         identification = hd.AlgorithmIdentificationSequence(
             name=algorithm, family=codes.cid7162.ArtificialIntelligence, version=version
         )
@@ -121,12 +121,17 @@ def write_seg(
     series_description: str = "MONAI Label",
     series_number: int = 300,
     content_creator: str | None = None,
+    label_tag: str = "final",
 ) -> dict:
     """Writes ``labelmap`` (frames x rows x columns, frame i lying on ``source_files[i]``) as a
     binary DICOM SEG. Label values become consecutive segment numbers (DICOM requires 1..n);
-    returns the SEG's UIDs and ``segments``: [{number, value, name, code}]."""
+    returns the SEG's UIDs and ``segments``: [{number, value, name, code}]. ``label_tag``: the
+    datastore tag it is saved under; any other than ``final`` is a model's output (AUTOMATIC
+    segments, ContentLabel = the tag), which the datastore never takes for a label to train on."""
     import highdicom as hd
     import pydicom
+
+    from lib.pacs.seg_tags import FINAL_TAG, MANUFACTURER_MODEL, content_label
 
     sources = [pydicom.dcmread(path) for path in source_files]
     if labelmap.shape != (len(sources), int(sources[0].Rows), int(sources[0].Columns)):
@@ -141,7 +146,7 @@ def write_seg(
     for number, value in enumerate(values, start=1):
         lut[value] = number
         name = names.get(value) or f"Segment {value}"
-        descriptions.append(segment_description(number, name, algorithm, version))
+        descriptions.append(segment_description(number, name, algorithm, version, automatic=label_tag != FINAL_TAG))
         codes = segment_codes(name)
         segments.append({"number": number, "value": value, "name": name, "code": [codes.type[0], codes.modifier[0] if codes.modifier else None]})
     pixel_array = lut[labelmap.astype(np.int64)]
@@ -157,10 +162,10 @@ def write_seg(
         sop_instance_uid=hd.UID(),
         instance_number=1,
         manufacturer="MONAI Label",
-        manufacturer_model_name="wholebody app",
+        manufacturer_model_name=MANUFACTURER_MODEL,
         software_versions=version or "0",
         device_serial_number="0",
-        content_label="SEGMENTATION",
+        content_label=content_label(label_tag),
         content_description=series_description[:64],
         content_creator_name=content_creator,
         series_description=series_description[:64],
