@@ -24,7 +24,7 @@ from monailabel.config import settings
 import lib.configs
 from lib.conf import Conf, ConfError
 from lib.datastore.local import CheckedLocalDatastore
-from lib.trainers.distributed import torchrun_world
+from lib.trainers.distributed import TorchrunLaunch, torchrun_world
 from lib.weights.checkpoints import write_training_checkpoints_atomically
 
 logger = logging.getLogger(__name__)
@@ -34,9 +34,10 @@ APP_DIR = Path(__file__).resolve().parents[2]
 MODELS = ("wholebody", "spleen")
 
 
-def rank_command(model: str) -> list[str]:
-    """What torchrun runs in each process to train ``model`` (the server adds ``--request``)."""
-    return ["-m", __name__, "--model", model]
+def torchrun_launch(model: str, options: Conf) -> TorchrunLaunch:
+    """How the server's ``multi_gpu`` training of ``model`` runs this module under torchrun on its own node."""
+    # On a machine without CUDA, Gloo processes (each with its share of the cores); 1: no torchrun job.
+    return TorchrunLaunch(entry=("-m", __name__, "--model", model), cpu_processes=options.int("cpu_train_processes", 1, minimum=1))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

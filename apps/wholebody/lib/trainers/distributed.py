@@ -13,6 +13,7 @@ the trainers given a torchrun entry (``wholebody``, ``spleen``) use this module 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import os
@@ -22,6 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
+import ignite.distributed as idist
 import torch
 import torch.distributed as dist
 from ignite.engine import Engine, Events
@@ -69,6 +71,9 @@ def process_group(world: World) -> Iterator[None]:
     if world.device.type == "cuda":
         torch.cuda.set_device(world.device)
     dist.init_process_group(backend=world.backend, init_method="env://", rank=world.rank, world_size=world.size)
+    # Ignite learns the job lazily with a collective call, which would hang when only rank 0 makes it (a
+    # CheckpointSaver asks for the rank): every rank does it now, as MONAI Label's own multi-GPU path does.
+    idist.sync()
     logger.info(f"rank {world.rank}/{world.size} (local {world.local_rank}) on {socket.gethostname()}: {world.backend}, {world.device}")
     try:
         yield
@@ -76,10 +81,26 @@ def process_group(world: World) -> Iterator[None]:
         dist.destroy_process_group()
 
 
-def torchrun_command(processes: int, entry: Sequence[str]) -> list[str]:
-    """torchrun on this node (``--standalone``: its own rendezvous on a free local port) with ``processes``
-    processes, each running ``entry`` (``-m module args``)."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes), *entry]
+@dataclass(frozen=True)
+class TorchrunLaunch:
+    """How the server's ``multi_gpu`` training runs a trainer as a torchrun job on its own node: ``entry`` is
+    what each process runs (``-m module args``), ``cpu_processes`` the Gloo processes on a machine without
+    CUDA (``--conf cpu_train_processes``; with CUDA, one process per visible GPU)."""
+
+    entry: tuple[str, ...]
+    cpu_processes: int = 1
+
+    def processes(self, studies: int) -> int:
+        """Processes for a run on ``studies`` labelled studies: at most one per study (every rank trains on
+        its own); 1 means no torchrun job."""
+        gpus = torch.cuda.device_count()
+        wanted = gpus if torch.cuda.is_available() else self.cpu_processes
+        return max(1, min(wanted, studies))
+
+    def command(self, processes: int, request: Mapping[str, Any]) -> list[str]:
+        """torchrun on this node (``--standalone``: its own rendezvous on a free local port)."""
+        run = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+        return [*run, *self.entry, "--request", json.dumps(request)]
 
 
 def in_turns(world: World, work: Callable[[], T]) -> T:
@@ -162,6 +183,13 @@ def broadcast_weights(module: torch.nn.Module) -> None:
         dist.broadcast(tensor, src=0)
 
 
+def batch_image_ids(batch: dict | list[dict]) -> set[str]:
+    """The studies of a training batch: collated (a list of ids per key), or a list of patches each naming its study."""
+    parts = batch if isinstance(batch, list) else [batch]
+    ids = [part.get("image_id", []) for part in parts]
+    return {i for value in ids for i in ([value] if isinstance(value, str) else value)}
+
+
 @dataclass
 class RankRecord:
     """What one rank did in a run, for the train stats: the studies it trained on (as its batches named them)
@@ -169,10 +197,11 @@ class RankRecord:
 
     world: World
     trained: set[str] = field(default_factory=set)
+    published: list[str] = field(default_factory=list)  # the files this rank published (rank 0's alone)
     weights: str | None = None
 
     def attach(self, trainer: Engine, network: torch.nn.Module) -> None:
-        trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda engine: self.trained.update(engine.state.batch.get("image_id", [])))
+        trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda engine: self.trained.update(batch_image_ids(engine.state.batch)))
         trainer.add_event_handler(Events.COMPLETED, lambda _: setattr(self, "weights", weights_fingerprint(network)))
 
     def as_stats(self) -> dict[str, Any]:
@@ -181,5 +210,6 @@ class RankRecord:
             "host": socket.gethostname(),
             "device": str(self.world.device),
             "trained": sorted(self.trained),
+            "published": self.published,
             "weights_sha256": self.weights,
         }

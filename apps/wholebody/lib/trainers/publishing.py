@@ -12,8 +12,7 @@ import logging
 import os
 import subprocess
 from datetime import datetime
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from ignite.engine import Events
@@ -27,22 +26,19 @@ from lib.trainers.skipped_studies import NoStudyToTrainError, SkippedStudies, Sk
 
 logger = logging.getLogger(__name__)
 
-# Where ``python -m lib...`` finds the app's package.
-APP_DIR = Path(__file__).resolve().parents[2]
-
 
 class PublishingTrainTask(BasicTrainTask):
     #: The request parameters this trainer takes and their parsers; subclasses add theirs.
     request_params: dict[str, params.Parser] = params.MONAI_LABEL_PARAMS
 
-    def __init__(self, model_dir: str, description: str, config: dict[str, Any], torchrun_entry: Sequence[str] = (), **kwargs):
-        """``torchrun_entry``: what each torchrun process runs to train one rank of this trainer (``-m module
-        args``; the config builds it). Without one, ``multi_gpu`` is MONAI Label's own (spawn on one node)."""
+    def __init__(self, model_dir: str, description: str, config: dict[str, Any], torchrun: distributed.TorchrunLaunch | None = None, **kwargs):
+        """``torchrun``: how ``multi_gpu`` runs this trainer as a torchrun job (the config builds it). Without
+        it, ``multi_gpu`` is MONAI Label's own (processes spawned on one node's GPUs)."""
         # A list shows as a choice in Slicer, the first entry chosen; a plain Dataset reads each study
         # when it is trained on instead of holding every resampled CT in memory.
         choices = {"dataset": list(params.DATASETS), "tracking": ["None", "mlflow"]}
         super().__init__(model_dir, description, config={**choices, **config}, **kwargs)
-        self._torchrun_entry = list(torchrun_entry)
+        self._torchrun = torchrun
         self._world: distributed.World | None = None  # set while this process trains as one rank of a torchrun job
 
     def checked_params(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -55,32 +51,26 @@ class PublishingTrainTask(BasicTrainTask):
         # On the CPU a 96^3 iteration of the wholebody SegResNet (forward, backward, AdamW) took 9.3 s with
         # glibc's default of fresh pages for every large tensor, 6.7 s with freed ones reused.
         with reusing_freed_memory():
-            if self._torchrun_entry:
+            if self._torchrun:
                 world = distributed.torchrun_world()
                 if world:
                     return self._train_rank(world, request, datastore)
                 if request["multi_gpu"]:
-                    processes = self._processes_on_this_node(request, datastore)
+                    processes = self._torchrun.processes(len(self.pre_process(request, datastore)))
                     if processes > 1:
                         return self._run_torchrun(request, processes)
-                    request = {**request, "multi_gpu": False}
+                # MONAI Label's own multi-GPU path would spawn processes with a fixed 127.0.0.1 master.
+                request = {**request, "multi_gpu": False}
             return super().__call__(request, datastore)
 
     # ------------------------------------------------------------------ torchrun (lib/trainers/distributed.py)
-    def _processes_on_this_node(self, request, datastore) -> int:
-        """The server's ``multi_gpu``: one process per GPU the run may use (``gpus`` set CUDA_VISIBLE_DEVICES),
-        at most one per labelled study."""
-        gpus = torch.cuda.device_count()
-        return min(gpus, len(self.pre_process(request, datastore))) if gpus > 1 else 1
-
     def _run_torchrun(self, request, processes: int):
-        """This run as a torchrun job on this node; the ranks read the server's studies and --conf from the
-        environment MONAI Label gives its task processes (MONAI_LABEL_STUDIES, MONAI_LABEL_APP_CONF)."""
-        command = distributed.torchrun_command(processes, [*self._torchrun_entry, "--request", json.dumps(request)])
-        logger.info(f"Training on {processes} GPUs with torchrun: {' '.join(command)}")
-        # The server's working directory, against which relative --studies and model_dir were given.
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(APP_DIR), os.environ.get("PYTHONPATH")]))}
-        returncode = subprocess.call(command, env=env)
+        """This run as a torchrun job on this node. The ranks read the server's studies and --conf from the
+        environment MONAI Label gives its task processes (MONAI_LABEL_STUDIES, MONAI_LABEL_APP_CONF, and
+        PYTHONPATH with the app)."""
+        command = self._torchrun.command(processes, request)
+        logger.info(f"Training in {processes} processes with torchrun: {' '.join(command)}")
+        returncode = subprocess.call(command)
         if returncode:
             raise RuntimeError(f"torchrun ended with exit code {returncode}; the ranks' errors are above")
         return self.stats()
@@ -172,7 +162,7 @@ class PublishingTrainTask(BasicTrainTask):
             # Before rank 0 writes the stats: the studies every rank skipped.
             engine.add_event_handler(Events.EPOCH_COMPLETED, lambda _: self._skipped.merge(distributed.gathered(self._skipped.reasons)))
         if context.local_rank == 0:  # one writer: MONAI Label's rank 0, or a torchrun job's global rank 0
-            engine.add_event_handler(Events.EPOCH_COMPLETED, lambda _: self._publish(context))
+            engine.add_event_handler(Events.EPOCH_COMPLETED, lambda _: self._publish_and_record(context))
             # After MONAI Label's handler, which writes the stats file on the same event.
             engine.add_event_handler(Events.EPOCH_COMPLETED, lambda _: self._add_to_stats("skipped", self._skipped.as_stats()))
 
@@ -185,8 +175,14 @@ class PublishingTrainTask(BasicTrainTask):
         stats[key] = value
         write_json_atomically(self._stats_path, stats, indent=2)
 
-    def _publish(self, context: Context) -> None:
-        """Writes this run's model (atomically) where the infer task reads it, if it has a better one."""
+    def _publish_and_record(self, context: Context) -> None:
+        published = self._publish(context)
+        if published and self._world:  # a torchrun job's stats say which ranks published what
+            self._rank_record.published.append(published)
+
+    def _publish(self, context: Context) -> str | None:
+        """Writes this run's model (atomically) where the infer task reads it, if it has a better one; the
+        file written, or None."""
         raise NotImplementedError
 
     def stats(self):

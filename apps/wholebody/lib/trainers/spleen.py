@@ -9,6 +9,7 @@ from monai.optimizers import Novograd
 
 from lib.pipelines import spleen as pipeline
 from lib.trainers.ct_segmentation import CTSegmentationTrainer
+from lib.trainers.distributed import TorchrunLaunch
 
 
 class SpleenSegmentation(CTSegmentationTrainer):
@@ -23,7 +24,7 @@ class SpleenSegmentation(CTSegmentationTrainer):
         paths: Sequence[str],
         max_epochs: int,
         val_split: float,
-        torchrun_entry: Sequence[str] = (),
+        torchrun: TorchrunLaunch | None = None,
     ):
         super().__init__(
             model_dir,
@@ -33,7 +34,7 @@ class SpleenSegmentation(CTSegmentationTrainer):
             max_epochs,
             val_split,
             pipeline.ROI_SIZE,
-            torchrun_entry,
+            torchrun,
         )
         self._paths = paths
 
