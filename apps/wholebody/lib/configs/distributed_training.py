@@ -1,6 +1,7 @@
 """One rank of a training job over processes and nodes, as each torchrun process runs it (docs/training.md):
 
-    torchrun --nnodes 2 --nproc_per_node 4 --rdzv_backend c10d --rdzv_endpoint HOST:29400 \\
+    PYTHONPATH=apps/wholebody torchrun --nnodes 2 --node_rank R --nproc_per_node 4 \\
+        --rdzv_backend c10d --rdzv_endpoint HOST:29400 \\
         -m lib.configs.distributed_training --model wholebody --studies DIR --model-dir DIR --lowres
 
 Every process builds the model's config and trainer as the server does (the same ``--conf`` options), opens
@@ -26,8 +27,6 @@ from lib.conf import Conf, ConfError
 from lib.datastore.local import CheckedLocalDatastore
 from lib.trainers.distributed import TorchrunLaunch, torchrun_world
 from lib.weights.checkpoints import write_training_checkpoints_atomically
-
-logger = logging.getLogger(__name__)
 
 APP_DIR = Path(__file__).resolve().parents[2]
 # The trainers that train as torchrun ranks.

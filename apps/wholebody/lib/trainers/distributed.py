@@ -7,7 +7,7 @@ on one node, ``--rdzv_endpoint HOST:PORT`` across nodes). The process group is j
 (``env://``): never a fixed address. NCCL where CUDA is available, Gloo on CPUs.
 
 MONAI Label's own multi-GPU training spawns one process per GPU index of one node with NCCL and 127.0.0.1;
-the trainers given a torchrun entry (``wholebody``, ``spleen``) use this module instead (docs/training.md).
+the trainers given a ``TorchrunLaunch`` (``wholebody``, ``spleen``) use this module instead (docs/training.md).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 get the better model while training goes on (the infer tasks reload a checkpoint when its mtime changes),
 train with freed CPU memory reused (lib/acceleration/cpu_memory.py), take only parameters of the declared
 types (lib/trainers/params.py), skip studies that fail, naming them in the train stats
-(lib/trainers/skipped_studies.py), and, given a torchrun entry, train across processes and nodes
+(lib/trainers/skipped_studies.py), and, given a torchrun launch, train across processes and nodes
 (lib/trainers/distributed.py)."""
 
 from __future__ import annotations
