@@ -10,6 +10,7 @@ import lib.infers.spleen
 import lib.trainers.spleen
 from lib.acceleration.tensorrt import precision_from_conf
 from lib.conf import Conf
+from lib.configs.distributed_training import torchrun_launch
 from lib.labels import SPLEEN_LABELS
 from lib.networks import spleen_unet
 from lib.weights.official import OfficialCheckpoint
@@ -24,6 +25,7 @@ class SpleenSegmentation(TaskConfig):
         self.val_split = options.float("val_split", 0.2, low=0.0, high=0.9)
         self.trt_precision = precision_from_conf(options)
         self.channels_last = options.bool("channels_last", True)
+        self.torchrun = torchrun_launch(name, options)
         self.checkpoint = OfficialCheckpoint("spleen", model_dir, options, os.path.join(model_dir, f"{name}.pt"))
         self.checkpoint.fetch_in_background()
 
@@ -48,4 +50,5 @@ class SpleenSegmentation(TaskConfig):
             paths=self.checkpoint.paths,
             max_epochs=self.max_epochs,
             val_split=self.val_split,
+            torchrun=self.torchrun,
         )

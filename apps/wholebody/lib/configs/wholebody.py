@@ -13,6 +13,7 @@ from lib.acceleration.tensorrt import precision_from_conf
 from lib.activelearning.scoring import SCORE_KEY, WholeBodyUncertainty
 from lib.activelearning.strategies import ClassEntropy, Diversity, DiversityThenClassEntropy, Uncertainty
 from lib.conf import Conf, ConfError
+from lib.configs.distributed_training import torchrun_launch
 from lib.heads.merge import OVERLAP_RULES
 from lib.heads.store import HeadStore
 from lib.labels import wholebody_labels
@@ -31,6 +32,7 @@ class WholeBodySegmentation(TaskConfig):
         self.val_split = options.float("val_split", 0.2, low=0.0, high=0.9)
         self.trt_precision = precision_from_conf(options)
         self.channels_last = options.bool("channels_last", True)
+        self.torchrun = torchrun_launch(name, options)
         self.checkpoints = {
             True: OfficialCheckpoint("wholebody_highres", model_dir, options, os.path.join(model_dir, f"{name}_highres.pt")),
             False: OfficialCheckpoint("wholebody_lowres", model_dir, options, os.path.join(model_dir, f"{name}_lowres.pt")),
@@ -83,7 +85,7 @@ class WholeBodySegmentation(TaskConfig):
         )
         return {
             self.name: lib.trainers.wholebody.WholeBodySegmentation(
-                model_dir=os.path.join(self.model_dir, "train", self.name), **common
+                model_dir=os.path.join(self.model_dir, "train", self.name), torchrun=self.torchrun, **common
             ),
             f"{self.name}_structures": lib.trainers.structure_head.StructureHeadTrainer(
                 model_dir=os.path.join(self.model_dir, "train", f"{self.name}_structures"), heads=self.heads, **common

@@ -16,6 +16,7 @@ from lib.labels.names import NameResolver
 from lib.labels.saved import Segment
 from lib.trainers.partial_label_loss import PartialLabelDiceCELoss
 from lib.trainers.per_class_dice import PerClassDice
+from lib.trainers.distributed import TorchrunLaunch
 from lib.trainers.publishing import PublishingTrainTask
 from lib.transforms.partial_labels import LayersToMultiHotd, PartialLabelsd
 from lib.weights.checkpoints import load_state_dict, save_atomically
@@ -33,11 +34,13 @@ class CTSegmentationTrainer(PublishingTrainTask):
         max_epochs: int,
         val_split: float,
         roi_size: Sequence[int],
+        torchrun: TorchrunLaunch | None = None,
     ):
         super().__init__(
             model_dir,
             description,
             config={"max_epochs": max_epochs, "val_split": val_split},
+            torchrun=torchrun,
             load_strict=True,
             labels=labels,
             tracking=None,
@@ -119,11 +122,14 @@ class CTSegmentationTrainer(PublishingTrainTask):
         return self.train_post_transforms(context)
 
     def val_handlers(self, context: Context):
-        return [*super().val_handlers(context), PerClassDice(self._channels)]
+        # MONAI Label's are rank 0's alone; every rank adds its Dice sums.
+        return [*(super().val_handlers(context) or []), PerClassDice(self._channels)]
 
-    def _publish(self, context: Context) -> None:
+    def _publish(self, context: Context) -> str | None:
         # The infer task reloads when the published file's mtime changes: write it atomically.
         best = os.path.join(context.output_dir, self._key_metric_filename)
         if os.path.exists(best) and (not os.path.exists(self._publish_to) or os.path.getmtime(best) > os.path.getmtime(self._publish_to)):
             save_atomically(load_state_dict(best), self._publish_to)
             logger.info(f"Published {best} -> {self._publish_to}")
+            return self._publish_to
+        return None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+import torch.distributed as dist
 from ignite.engine import Engine, Events
 
 
@@ -10,7 +12,8 @@ class PerClassDice:
     ``engine.state.metrics["val_dice_per_class"]`` for the structures present in the labels
     (others have no meaningful Dice and would be NaN, which JSON cannot carry).
 
-    Reads ``engine.state.output`` items with one-hot ``pred`` and ``label``: (C, *spatial).
+    Reads ``engine.state.output`` items with one-hot ``pred`` and ``label``: (C, *spatial). In a distributed run
+    every rank validates its own studies and the sums are added up over the ranks.
     """
 
     def __init__(self, labels: dict[str, int]):
@@ -37,6 +40,14 @@ class PerClassDice:
                 self.truth += sums[2].cpu()
 
     def _store(self, engine: Engine) -> None:
+        if dist.is_initialized():
+            sums = torch.zeros(3, max(self.labels.values()) + 1)
+            if self.intersection is not None:
+                sums = torch.stack((self.intersection, self.pred, self.truth)).float()
+            nccl = dist.get_backend() == "nccl"  # reduces tensors on the rank's GPU only
+            sums = sums.to(torch.device("cuda", torch.cuda.current_device()) if nccl else "cpu")
+            dist.all_reduce(sums)
+            self.intersection, self.pred, self.truth = sums.cpu()
         if self.intersection is None:
             return
         dice = 2 * self.intersection / (self.pred + self.truth).clamp_min(1)

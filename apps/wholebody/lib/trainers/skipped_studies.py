@@ -11,7 +11,6 @@ would read and resample every study one more time and still miss failures of ran
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -52,17 +51,11 @@ class SkippedStudies:
     def as_stats(self) -> list[dict[str, str]]:
         return [{"image": image_id, "reason": text} for image_id, text in self.reasons.items()]
 
-    def write_to(self, stats_path: str) -> None:
-        """Adds ``skipped`` to the train stats MONAI Label wrote (``/info/`` ``train_stats``)."""
-        if not os.path.exists(stats_path):
-            return
-        with open(stats_path) as f:
-            stats = json.load(f)
-        stats["skipped"] = self.as_stats()
-        partial = f"{stats_path}.partial"
-        with open(partial, "w") as f:
-            json.dump(stats, f, indent=2)
-        os.replace(partial, stats_path)  # the server reads the stats at any time
+    def merge(self, reasons_by_rank: list[dict[str, str]]) -> None:
+        """Adds the studies other ranks of a distributed run skipped (each rank reads only its own shard)."""
+        for reasons in reasons_by_rank:
+            for image_id, text in reasons.items():
+                self.reasons.setdefault(image_id, text)
 
 
 def reason(error: BaseException) -> str:

@@ -9,6 +9,7 @@ from monai.optimizers import Novograd
 
 from lib.pipelines import spleen as pipeline
 from lib.trainers.ct_segmentation import CTSegmentationTrainer
+from lib.trainers.distributed import TorchrunLaunch
 
 
 class SpleenSegmentation(CTSegmentationTrainer):
@@ -23,9 +24,17 @@ class SpleenSegmentation(CTSegmentationTrainer):
         paths: Sequence[str],
         max_epochs: int,
         val_split: float,
+        torchrun: TorchrunLaunch | None = None,
     ):
         super().__init__(
-            model_dir, network_factory, labels, "Train the spleen UNet on saved labels", max_epochs, val_split, pipeline.ROI_SIZE
+            model_dir,
+            network_factory,
+            labels,
+            "Train the spleen UNet on saved labels",
+            max_epochs,
+            val_split,
+            pipeline.ROI_SIZE,
+            torchrun,
         )
         self._paths = paths
 

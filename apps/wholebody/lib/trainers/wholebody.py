@@ -9,6 +9,7 @@ from monai.transforms import AsDiscreted
 
 from lib.pipelines import wholebody as pipeline
 from lib.trainers.ct_segmentation import CTSegmentationTrainer
+from lib.trainers.distributed import TorchrunLaunch
 from lib.trainers.params import boolean
 
 
@@ -29,6 +30,7 @@ class WholeBodySegmentation(CTSegmentationTrainer):
         highres: bool,
         max_epochs: int,
         val_split: float,
+        torchrun: TorchrunLaunch | None = None,
     ):
         super().__init__(
             model_dir,
@@ -38,6 +40,7 @@ class WholeBodySegmentation(CTSegmentationTrainer):
             max_epochs,
             val_split,
             pipeline.ROI_SIZE,
+            torchrun,
         )
         self._config["highres"] = highres
         self.checkpoints = checkpoints
