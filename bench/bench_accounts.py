@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "apps" / "wholebody")]
 
 from accounts import AccountsServer, SlicerLogin, add_user  # noqa: E402
+
 from conftest import CT, Server, free_port, slicer_client_class  # noqa: E402
 from lib.networks import wholebody_segresnet  # noqa: E402
 from lib.server.auth.access import SignedIn  # noqa: E402

@@ -220,9 +220,8 @@ class WholeBodyApp(MONAILabelApp):
 
         from lib.batch import server_request as batch_requests
         from lib.heads import routes as head_routes
-        from lib.server import body_limit
+        from lib.server import body_limit, routes, scoring_requests, train_requests, training_runs
         from lib.server import errors as http_errors
-        from lib.server import routes, scoring_requests, train_requests, training_runs
         from lib.server.auth import install as access_control
 
         http_errors.install(fastapi_app)

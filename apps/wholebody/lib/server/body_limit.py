@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 from starlette.datastructures import Headers
-from starlette.middleware import Middleware
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 

@@ -14,9 +14,9 @@ from monailabel.tasks.train.basic_train import Context
 from lib.datastore.datalist import labeled_items
 from lib.labels.names import NameResolver
 from lib.labels.saved import Segment
+from lib.trainers.distributed import TorchrunLaunch
 from lib.trainers.partial_label_loss import PartialLabelDiceCELoss
 from lib.trainers.per_class_dice import PerClassDice
-from lib.trainers.distributed import TorchrunLaunch
 from lib.trainers.publishing import PublishingTrainTask
 from lib.transforms.partial_labels import LayersToMultiHotd, PartialLabelsd
 from lib.weights.checkpoints import load_state_dict, save_atomically
