@@ -1,9 +1,10 @@
 """CachedPointWindowInferer == monai's point_based_window_inferer, with the image encoder run once.
 
 The first part uses a REAL, seeded, random-initialised ``vista3d132`` on a crop of the shared CT
-preprocessed as the bundle does (1.5 mm, foreground crop, HU scaling, RAS) and cut to 112x96x59, so
-that a 128^3 window covers it all: one encoder pass serves every click. Encoder passes are the cost
-(~15-20 s each on a shared 2-core CPU), so the clicks run once in a module fixture and are checked by
+preprocessed as the bundle does (1.5 mm, foreground crop, HU scaling, RAS) and cut to 64x64x59, so
+that a 64^3 window covers it all: one encoder pass serves every click. Encoder passes are the cost
+(~2 s each at 64^3 on a shared 2-core CPU, ~15-20 s at the bundle's 128^3, which tests/e2e/test_vista3d.py
+runs), so the clicks run once in a module fixture and are checked by
 several tests; key and LRU checks use the same network with a 32^3 window. The remaining path checks
 (several windows and NaN outside them, prev_mask / point_start, class + points, the sliding window,
 byte accounting) use a tiny VISTA3D built from the same monai classes, which runs in milliseconds.
@@ -25,7 +26,7 @@ from conftest import CT
 from lib.vista3d.point_inferer import CachedPointWindowInferer, tensor_digest, transform_points
 
 HU_RANGE = (-963.8247715525971, 1053.678477684517)
-ROI = (128, 128, 128)
+ROI = (64, 64, 64)
 ROI_SMALL = (32, 32, 32)
 
 
@@ -63,7 +64,7 @@ def net():
 
 @pytest.fixture(scope="module")
 def image():
-    """The shared CT through the bundle's preprocessing, cut to 112x96x59 (<= 128^3): [1, 1, H, W, D]."""
+    """The shared CT through the bundle's preprocessing, cut to 64x64x59 (<= 64^3): [1, 1, H, W, D]."""
     from monai.transforms import (
         CastToTyped,
         Compose,
@@ -87,8 +88,8 @@ def image():
         ]
     )
     full = pre({"image": str(CT)})["image"]  # [1, 243, 199, 59]
-    crop = full[None][..., 60:172, 50:146, :].clone()
-    assert tuple(crop.shape) == (1, 1, 112, 96, 59)
+    crop = full[None][..., 84:148, 66:130, :].clone()
+    assert tuple(crop.shape) == (1, 1, 64, 64, 59)
     assert 0.2 < float(crop.mean()) < 0.8  # body, not air
     return crop
 
@@ -96,9 +97,9 @@ def image():
 @pytest.fixture(scope="module")
 def clicks(net, image):
     """Two requests on one image (one window): a positive click, then the same plus a negative click."""
-    p1, l1 = pts((56, 48, 30)), lbl(1)
-    p2, l2 = pts((56, 48, 30), (30, 70, 20)), lbl(1, 0)
-    key = ("example_ct_sm", "crop-112x96x59", "vista3d-1.5mm")
+    p1, l1 = pts((32, 32, 30)), lbl(1)
+    p2, l2 = pts((32, 32, 30), (12, 50, 20)), lbl(1, 0)
+    key = ("example_ct_sm", "crop-64x64x59", "vista3d-1.5mm")
     inf = CachedPointWindowInferer(roi_size=ROI, cache_bytes=1 << 30)
     r: dict = {"inferer": inf}
     with torch.no_grad():
@@ -124,13 +125,13 @@ def clicks(net, image):
         r["net_embedding"] = net.image_embeddings
         net.image_embeddings = None
     print(
-        f"\nvista3d132 128^3 window on this CPU: first click {r['t_first']:.1f} s "
+        f"\nvista3d132 64^3 window on this CPU: first click {r['t_first']:.1f} s "
         f"(encoder + head), repeat click {r['t_repeat']:.1f} s (heads only)"
     )
     return r
 
 
-# ------------------------------------------------------------------ real vista3d132, 128^3, one window
+# ------------------------------------------------------------------ real vista3d132, 64^3, one window
 def test_first_click_equals_uncached(clicks, image):
     out, ref = clicks["out1"], clicks["ref1"]
     assert clicks["stats1"]["encoder_runs"] == 1 and clicks["stats1"]["cache_misses"] == 1
