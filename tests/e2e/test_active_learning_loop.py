@@ -41,7 +41,8 @@ def wait_for_scores(client, model: str, timeout: float = 240) -> dict[str, dict]
     raise TimeoutError(f"records from '{model}' missing after {timeout} s: {current}")
 
 
-def test_next_sample_infer_save_train_next_sample(start_server, tmp_path):
+def test_next_sample_infer_save_train_next_sample(start_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("MONAI_LABEL_AUTO_UPDATE_SCORING", "true")  # as served: scoring at start-up and after training
     studies = tmp_path / "studies"
     studies.mkdir()
     shutil.copy(CT, studies / "ct.nii.gz")

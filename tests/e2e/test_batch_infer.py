@@ -52,7 +52,7 @@ def infer_nifti(server, model: str, image: str, params: dict, path) -> np.ndarra
 
 
 @pytest.fixture
-def local_server(tmp_path, start_server, monkeypatch):
+def local_server(tmp_path, start_server):
     from monai.networks.nets import vista3d132
 
     from lib.networks import wholebody_segresnet
@@ -67,7 +67,6 @@ def local_server(tmp_path, start_server, monkeypatch):
         (model_dir / relative).parent.mkdir(parents=True)
         torch.manual_seed(0)
         torch.save(network().eval().state_dict(), model_dir / relative)
-    monkeypatch.setenv("MONAI_LABEL_AUTO_UPDATE_SCORING", "false")  # no uncertainty scoring beside the batches
     return start_server(conf={"highres": "false", "skip_trainers": "true"}, studies=studies, model_dir=model_dir)
 
 
@@ -126,7 +125,6 @@ def test_batch_infer_on_a_pacs(orthanc, pacs_tools, start_server, monkeypatch, t
     official.parent.mkdir(parents=True)
     torch.manual_seed(0)
     torch.save(wholebody_segresnet().state_dict(), official)
-    monkeypatch.setenv("MONAI_LABEL_AUTO_UPDATE_SCORING", "false")
     server = start_on_pacs(start_server, orthanc, monkeypatch, tmp_path, models="wholebody", skip_trainers="true")
 
     r = batch(server, "wholebody", {"multi_gpu": False})  # label_tag: MONAI Label's default, original

@@ -122,7 +122,6 @@ def server(root, files):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TMPDIR", str(root / "tmp"))  # the server's system temp folder: must stay empty
         mp.setenv("MONAI_LABEL_SESSION_PATH", str(root / "sessions"))
-        mp.setenv("MONAI_LABEL_AUTO_UPDATE_SCORING", "false")
         s = Server(studies, root / "model", conf, root / "server.log")
     yield s
     s.stop()

@@ -48,9 +48,7 @@ def server(root):
     for i, name in enumerate(PHANTOMS):
         write_phantom(studies / f"{name}.nii.gz", shape=PHANTOM_SHAPE, seed=i)
     conf = {"models": "wholebody", "infer_workers": "1", "infer_queue": "2", "weights_url": f"http://127.0.0.1:{free_port()}/"}
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("MONAI_LABEL_AUTO_UPDATE_SCORING", "false")  # no scoring processes competing for the two cores
-        s = Server(studies, root / "model", conf, root / "server.log")
+    s = Server(studies, root / "model", conf, root / "server.log")
     yield s
     s.stop()
 
