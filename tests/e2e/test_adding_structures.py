@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import hashlib
 
+import nibabel as nib
 import nrrd
 import numpy as np
 import pytest
 import requests
 import torch
 
-from conftest import slicer_client_class, wait_for_training
+from conftest import CT, slicer_client_class, wait_for_training
 from lib.networks import wholebody_segresnet
 
 pytestmark = pytest.mark.e2e
@@ -23,6 +24,15 @@ LOWRES = "wholeBody_ct_segmentation/models/model_lowres.pt"
 
 def md5(path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def ct_study(tmp_path):
+    """The shared CT cut to 96x96x30 at 3 mm: one window of the lowres model, so the five inferences stay short."""
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    nib.save(nib.load(str(CT)).slicer[13:109, 3:99, :], str(studies / "ct.nii.gz"))
+    return studies
 
 
 def test_new_structure_as_a_head_leaves_the_104_identical(start_server, ct_study, tmp_path):
