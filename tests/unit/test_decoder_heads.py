@@ -129,6 +129,9 @@ def test_store_allocates_lists_and_removes(tmp_path):
         store.remove("tumour")
     with pytest.raises(HeadError, match="invalid head name"):
         store.remove("../nodes")
+    with pytest.raises(HeadError, match="invalid head name") as refused:
+        store.remove("x" * 2**20)  # a megabyte name is quoted cut, with its length
+    assert len(str(refused.value)) < 300 and "1,048,576 characters" in str(refused.value)
 
 
 def test_store_refuses_more_labels_than_uint8_holds(tmp_path):

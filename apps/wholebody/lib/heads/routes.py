@@ -11,7 +11,7 @@ from monailabel.config import RBAC_ADMIN, RBAC_USER, settings
 from monailabel.endpoints.user.auth import RBAC, User
 
 from lib.heads.store import RESOLUTIONS, HeadError
-from lib.server.errors import NotFoundError
+from lib.server.errors import NotFoundError, shown
 
 
 def install(fastapi_app: FastAPI, infers: dict) -> None:
@@ -37,7 +37,7 @@ def install(fastapi_app: FastAPI, infers: dict) -> None:
     ):
         by_name = {v: k for k, v in RESOLUTIONS.items()}
         if resolution is not None and resolution not in by_name:
-            raise HeadError(f"'resolution' must be one of {', '.join(by_name)}, got {resolution!r}")
+            raise HeadError(f"'resolution' must be one of {', '.join(by_name)}, got {shown(resolution)}")
         removed = task(model).head_store.remove(head, by_name.get(resolution))
         return {"removed": [r.describe() for r in removed]}
 

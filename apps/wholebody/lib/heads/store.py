@@ -21,7 +21,7 @@ import torch
 
 from lib.conf import ConfError
 from lib.datastore.atomic import write_json_atomically
-from lib.server.errors import NotFoundError
+from lib.server.errors import NotFoundError, shown
 from lib.weights.checkpoints import save_atomically
 
 HEAD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -61,7 +61,7 @@ class HeadRecord:
 
 def check_head_name(name: str) -> str:
     if not isinstance(name, str) or not HEAD_NAME.match(name):
-        raise HeadError(f"invalid head name {name!r}: letters, digits, '_' or '-', at most 64, no path separators")
+        raise HeadError(f"invalid head name {shown(name)}: letters, digits, '_' or '-', at most 64, no path separators")
     return name
 
 
