@@ -154,9 +154,8 @@ def mc_dropout_uncertainty(
     bald_sum = entropy_sum = 0.0
     voxels = 0
     weighted = volume = counts = features = None
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
+    with torch.random.fork_rng():  # the caller's random stream is left as it was
+        torch.manual_seed(seed)
         for tile in tiles:
             x = padded[(slice(None), *tile)][None].to(device=device, dtype=torch.float32)
             mask = inside[tile].to(device)
@@ -188,8 +187,6 @@ def mc_dropout_uncertainty(
             counts = tile_counts if counts is None else counts + tile_counts
             if pooled.dim():
                 features = pooled.cpu() / len(tiles) if features is None else features + pooled.cpu() / len(tiles)
-    finally:
-        torch.random.set_rng_state(generator_state)
     return Uncertainty(
         bald=bald_sum / max(voxels, 1),
         entropy=entropy_sum / max(voxels, 1),
@@ -221,13 +218,10 @@ def mc_dropout_features(
         raise ValueError(f"{type(network).__name__} has no encoder to take features from")
     padded, _, _, tiles = _windows(image, hu, roi_size, windows)
     features = None
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
         for tile in tiles:
             x = padded[(slice(None), *tile)][None].to(device=device, dtype=torch.float32)
             pooled = sum(network.encode(x)[0].float().mean(dim=(2, 3, 4))[0] for _ in range(samples)) / samples
             features = pooled.cpu() / len(tiles) if features is None else features + pooled.cpu() / len(tiles)
-    finally:
-        torch.random.set_rng_state(generator_state)
     return features
