@@ -93,6 +93,7 @@ def test_checker_sees_routes():
         ("DELETE", "/heads/wholebody/lesion", ADMIN),
         ("POST", "/scoring/wholebody_uncertainty", ADMIN),
         ("POST", "/batch/infer/wholebody", ADMIN),
+        ("GET", "/queue/", USER),
         ("GET", "/model/wholebody", ADMIN),
         ("GET", "/model/info/wholebody", ADMIN),
         ("GET", "/heads/wholebody", USER),
