@@ -13,9 +13,17 @@ from lib.server import routes as request_routes
 from lib.server.auth import routes as auth_routes
 from lib.server.auth.access import SignedIn
 from lib.server.auth.audit import AuditLog
-from lib.server.auth.roles import ADMIN, ANNOTATOR, REVIEWER, USER
 from lib.server.auth.revoked import RevokedTokens
-from lib.server.auth.rules import PARAMETER_WRITES, PUBLIC, RULES, SAVE_INFERENCE_RESULT, SIGNED_IN, UNLISTED, rule_for
+from lib.server.auth.roles import ADMIN, ANNOTATOR, REVIEWER, USER
+from lib.server.auth.rules import (
+    PARAMETER_WRITES,
+    PUBLIC,
+    RULES,
+    SAVE_INFERENCE_RESULT,
+    SIGNED_IN,
+    UNLISTED,
+    rule_for,
+)
 from lib.server.auth.throttle import LoginThrottle
 from lib.server.auth.tokens import Tokens
 from lib.server.auth.users import Account, Accounts, hash_password, write

@@ -1,9 +1,9 @@
 """The role each route of the server needs, and the routes the audit log records.
 
-Every route has an entry, as MONAI Label's RBAC names them: reading and inference need a user,
-saving labels (also an inference result saved with ``save_label``: ``lib/server/auth/context.py``
-``require_for_write``, checked where the parameter is read) and asking for the next study an annotator, deleting labels a reviewer; training, scoring, batch jobs, model
-files, deleting studies or decoder heads need an admin. A request no entry matches answers only
+Every route has an entry, as MONAI Label's RBAC names them: reading and inference need a user;
+saving labels (also an inference result saved with ``save_label``, checked where the parameter is
+read: ``PARAMETER_WRITES`` below) and asking for the next study an annotator; deleting labels a
+reviewer; training, scoring, batch jobs, model files, deleting studies or decoder heads an admin. A request no entry matches answers only
 to an admin, and ``tests/unit/test_auth_rules.py`` fails for any route of the app without an
 entry: a new route cannot slip through unprotected.
 """
