@@ -220,7 +220,7 @@ class WholeBodyApp(MONAILabelApp):
 
         from lib.batch import server_request as batch_requests
         from lib.heads import routes as head_routes
-        from lib.server import body_limit, routes, scoring_requests, train_requests, training_runs
+        from lib.server import body_limit, routes, scoring_requests, train_requests, training_runs, unserved
         from lib.server import errors as http_errors
         from lib.server.auth import install as access_control
 
@@ -234,6 +234,7 @@ class WholeBodyApp(MONAILabelApp):
         batch_requests.install(self)
         if not self.inline_requests:
             routes.install(fastapi_app, InferQueue(worker_devices(self.infer_workers), self.infer_queue, self.infer_wait_s))
+        unserved.install(fastapi_app, self)  # in front of the request layer's routes
         # Last: it checks every route installed before it, and refuses to start an exposed server.
         access_control.install(fastapi_app, self.options, self.model_dir)
         super().on_init_complete()

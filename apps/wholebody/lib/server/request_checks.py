@@ -5,12 +5,17 @@ an array instead of an object, a structure nested a thousand levels (``copy.deep
 overflows Python's stack), a ``client_id`` of a megabyte or with control characters (it is logged and
 becomes a key of the hand-outs), a session id that is a path (``..``). Each gets a 4xx naming it here.
 
-For every endpoint: ``params`` and ``info`` (400 when not JSON, 422 when not an object, nested deeper
-than ``MAX_DEPTH``, or with a bad ``client_id``) and ``session_id`` (400 unless MONAI Label's own form,
-a UUID). For ``/infer``: an uploaded ``label`` file (no model here reads one) and ``output=dicom_seg``
-where the datastore cannot write it are refused before the request waits for a worker. For
+For every endpoint, by the names of its parameters: a path parameter that names a model, an active
+learning strategy or a scoring method (404 unless the app has one of that name; stock MONAI Label
+answered 500 for an unknown strategy or model file); the image of an endpoint that takes one as
+``image``, ``file`` or ``session_id`` (422 when none is given; stock: 500); ``params`` and ``info``
+(400 when not JSON, 422 when not an object, nested deeper than ``MAX_DEPTH``, or with a bad
+``client_id``) and ``session_id`` (400 unless MONAI Label's own form, a UUID). For ``/infer``: an
+uploaded ``label`` file (no model here reads one) and ``output=dicom_seg`` where the datastore cannot
+write it are refused before the request waits for a worker. For
 ``PUT /session/``: uploads get names the server chooses (the client's file name is a path on the
 server's disk in stock MONAI Label); what a session may hold is ``lib.datastore.sessions``'s rule.
+For ``PUT /model/{model}``: 409 for a model without a model file (stock: 500).
 """
 
 from __future__ import annotations
@@ -19,15 +24,24 @@ import json
 from typing import Any, Callable
 
 from fastapi import HTTPException
-from monailabel.endpoints import infer, session
+from monailabel.endpoints import infer, model, session
+from monailabel.interfaces.utils.app import app_instance
 
 from lib.conf import ConfError
-from lib.server.errors import check_session_id, shown
+from lib.server.errors import NotAvailableError, NotFoundError, check_session_id, shown
 from lib.server.uploads import client_suffix
 
 MAX_DEPTH = 10
 MAX_CLIENT_ID = 256
 PARAMS_FIELDS = ("params", "info")
+# Path parameters that name something of the app: what it is, and the names it has.
+NAMED = {
+    "model": ("model", lambda app: [*app._infers, *(n for n in app._trainers if n not in app._infers)]),
+    "strategy": ("active learning strategy", lambda app: list(app._strategies)),
+    "method": ("scoring method", lambda app: list(app._scoring_methods)),
+}
+# An endpoint with all of these parameters needs one of them: the image to work on.
+IMAGE_INPUTS = ("image", "file", "session_id")
 
 
 def depth(value: Any) -> int:
@@ -80,6 +94,32 @@ def _infer(kwargs: dict) -> None:
             raise ConfError("output 'dicom_seg' needs 'label_info' in the params")
 
 
+def check_names(kwargs: dict) -> None:
+    """404 for a path parameter naming a model, strategy or scoring method the app does not have."""
+    app = None
+    for parameter, (what, names_of) in NAMED.items():
+        name = kwargs.get(parameter)
+        if name is None:
+            continue
+        app = app or app_instance()
+        names = names_of(app)
+        if name not in names:
+            raise NotFoundError(f"unknown {what} {shown(name)}; available: {', '.join(names) or 'none on this server'}")
+
+
+def check_image_given(kwargs: dict) -> None:
+    if all(p in kwargs for p in IMAGE_INPUTS) and not any(kwargs[p] for p in IMAGE_INPUTS):
+        raise ConfError(
+            "no image given: send 'image' (a datastore image id, in the query), 'file' (an image upload) "
+            "or 'session_id' (of PUT /session/)"
+        )
+
+
+def _model_file(kwargs: dict) -> None:
+    if not app_instance().model_file(kwargs["model"], validate=False):
+        raise NotAvailableError(f"model '{kwargs['model']}' has no model file on this server to replace")
+
+
 def _session(kwargs: dict) -> None:
     for number, upload in enumerate(kwargs.get("files") or ()):
         upload.filename = f"upload{number}{client_suffix(upload.filename)}"
@@ -88,11 +128,14 @@ def _session(kwargs: dict) -> None:
 ENDPOINT_CHECKS: dict[Callable, Callable[[dict], None]] = {
     infer.api_run_inference: _infer,
     session.api_create_session: _session,
+    model.api_update_model: _model_file,
 }
 
 
 def check_request(endpoint: Callable, kwargs: dict) -> None:
     """Raises a 4xx for what ``endpoint`` must not be given; may rename uploads (sessions)."""
+    check_names(kwargs)
+    check_image_given(kwargs)
     for field in PARAMS_FIELDS:
         if field in kwargs:
             parsed_params(kwargs[field], field)
