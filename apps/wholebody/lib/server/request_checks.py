@@ -15,6 +15,7 @@ uploaded ``label`` file (no model here reads one) and ``output=dicom_seg`` where
 write it are refused before the request waits for a worker. For
 ``PUT /session/``: uploads get names the server chooses (the client's file name is a path on the
 server's disk in stock MONAI Label); what a session may hold is ``lib.datastore.sessions``'s rule.
+For ``PUT /datastore/image`` without an ``image`` id: the id is the file's name without its extension.
 For ``PUT /model/{model}``: 409 for a model without a model file (stock: 500).
 """
 
@@ -24,12 +25,12 @@ import json
 from typing import Any, Callable
 
 from fastapi import HTTPException
-from monailabel.endpoints import infer, model, session
+from monailabel.endpoints import datastore, infer, model, session
 from monailabel.interfaces.utils.app import app_instance
 
 from lib.conf import ConfError
 from lib.server.errors import NotAvailableError, NotFoundError, check_session_id, shown
-from lib.server.uploads import client_suffix
+from lib.server.uploads import client_suffix, image_id_of
 
 MAX_DEPTH = 10
 MAX_CLIENT_ID = 256
@@ -120,6 +121,14 @@ def _model_file(kwargs: dict) -> None:
         raise NotAvailableError(f"model '{kwargs['model']}' has no model file on this server to replace")
 
 
+def _add_image(kwargs: dict) -> None:
+    """Without an ``image`` id the upload's file name gives it; stock MONAI Label cut it at the first dot
+    (``1.2.826.0.1.3680043.8.498.7.nii.gz`` became image ``1``)."""
+    upload = kwargs.get("file")
+    if not kwargs.get("image") and upload is not None and upload.filename:
+        kwargs["image"] = image_id_of(upload.filename)
+
+
 def _session(kwargs: dict) -> None:
     for number, upload in enumerate(kwargs.get("files") or ()):
         upload.filename = f"upload{number}{client_suffix(upload.filename)}"
@@ -128,6 +137,7 @@ def _session(kwargs: dict) -> None:
 ENDPOINT_CHECKS: dict[Callable, Callable[[dict], None]] = {
     infer.api_run_inference: _infer,
     session.api_create_session: _session,
+    datastore.api_add_image: _add_image,
     model.api_update_model: _model_file,
 }
 
