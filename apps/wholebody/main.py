@@ -15,11 +15,11 @@ from monailabel.interfaces.tasks.scoring import ScoringMethod
 from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.tasks.activelearning.first import First
-from monailabel.tasks.activelearning.random import Random
 
 import lib.configs
 from lib.activelearning import datastore_info, trigger
 from lib.activelearning.handout import Exclusive, Handouts
+from lib.activelearning.random_strategy import Random
 from lib.batch.server_task import StudyBatchInfer
 from lib.conf import Conf, ConfError
 from lib.datastore.image_check import DEFAULT_MAX_VOXELS, check_ct_file
