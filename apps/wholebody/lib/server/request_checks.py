@@ -6,11 +6,13 @@ overflows Python's stack), a ``client_id`` of a megabyte or with control charact
 becomes a key of the hand-outs), a session id that is a path (``..``). Each gets a 4xx naming it here.
 
 For every endpoint, by the names of its parameters: a path parameter that names a model, an active
-learning strategy or a scoring method (404 unless the app has one of that name; stock MONAI Label
-answered 500 for an unknown strategy or model file); the image of an endpoint that takes one as
+learning strategy or a scoring method, and a datastore endpoint's ``image``, ``label`` or ``id``
+(404 unless the app has one of that name; stock MONAI Label answered 500 for an unknown strategy or
+model file, 200 and empty info for an unknown study); the image of an endpoint that takes one as
 ``image``, ``file`` or ``session_id`` (422 when none is given; stock: 500); ``params`` and ``info``
 (400 when not JSON, 422 when not an object, nested deeper than ``MAX_DEPTH``, or with a bad
-``client_id``) and ``session_id`` (400 unless MONAI Label's own form, a UUID). For ``/infer``: an
+``client_id``) and ``session_id`` (400 unless MONAI Label's own form, a UUID; 404 for a session the
+server does not have, 409 where sessions are off). For ``/infer``: an
 uploaded ``label`` file (no model here reads one) and ``output=dicom_seg`` where the datastore cannot
 write it are refused before the request waits for a worker. For
 ``PUT /session/``: uploads get names the server chooses (the client's file name is a path on the
@@ -29,7 +31,7 @@ from monailabel.endpoints import datastore, infer, model, session
 from monailabel.interfaces.utils.app import app_instance
 
 from lib.conf import ConfError
-from lib.server.errors import NotAvailableError, NotFoundError, check_session_id, shown
+from lib.server.errors import NotAvailableError, NotFoundError, check_id, check_session_id, shown
 from lib.server.uploads import client_suffix, image_id_of
 
 MAX_DEPTH = 10
@@ -41,6 +43,8 @@ NAMED = {
     "strategy": ("active learning strategy", lambda app: list(app._strategies)),
     "method": ("scoring method", lambda app: list(app._scoring_methods)),
 }
+# The datastore's endpoints name a study by these (an upload names a new one).
+STUDY_PARAMETERS = ("image", "label", "id")
 # An endpoint with all of these parameters needs one of them: the image to work on.
 IMAGE_INPUTS = ("image", "file", "session_id")
 
@@ -108,6 +112,30 @@ def check_names(kwargs: dict) -> None:
             raise NotFoundError(f"unknown {what} {shown(name)}; available: {', '.join(names) or 'none on this server'}")
 
 
+def check_study(endpoint: Callable, kwargs: dict) -> None:
+    """404 for a datastore endpoint naming a study the datastore does not have (stock answered some with
+    200 and empty info)."""
+    if endpoint.__module__ != datastore.__name__ or endpoint is datastore.api_add_image:
+        return
+    for parameter in STUDY_PARAMETERS:
+        image = kwargs.get(parameter)
+        if image:
+            check_id(image, "image id")
+            if image not in app_instance().datastore().list_images():
+                raise NotFoundError(f"image {shown(image)} not found in the datastore")
+
+
+def check_session_known(session_id) -> None:
+    """404 for a well-formed session id the server does not have (stock /infer went on without an image)."""
+    if not session_id:
+        return
+    sessions = app_instance().sessions()
+    if sessions is None:
+        raise NotAvailableError("sessions are off on this server (MONAI_LABEL_SESSIONS): send 'image' or 'file' instead")
+    if not sessions.get_session(session_id, update_ts=False):
+        raise NotFoundError(f"unknown session {shown(session_id)}: it expired or was deleted; make one with PUT /session/")
+
+
 def check_image_given(kwargs: dict) -> None:
     if all(p in kwargs for p in IMAGE_INPUTS) and not any(kwargs[p] for p in IMAGE_INPUTS):
         raise ConfError(
@@ -145,11 +173,13 @@ ENDPOINT_CHECKS: dict[Callable, Callable[[dict], None]] = {
 def check_request(endpoint: Callable, kwargs: dict) -> None:
     """Raises a 4xx for what ``endpoint`` must not be given; may rename uploads (sessions)."""
     check_names(kwargs)
+    check_study(endpoint, kwargs)
     check_image_given(kwargs)
     for field in PARAMS_FIELDS:
         if field in kwargs:
             parsed_params(kwargs[field], field)
     check_session_id(kwargs.get("session_id"))
+    check_session_known(kwargs.get("session_id"))
     specific = ENDPOINT_CHECKS.get(endpoint)
     if specific:
         specific(kwargs)

@@ -16,7 +16,7 @@ import shutil
 from typing import Callable, Optional
 
 from fastapi import FastAPI
-from fastapi.routing import APIRoute
+from fastapi.routing import APIRoute, iter_route_contexts
 from monailabel.config import settings
 
 from lib.server.errors import NotAvailableError
@@ -44,27 +44,29 @@ UNSERVED: dict[str, Callable[[object], Optional[str]]] = {
 }
 
 
-def _refusing(route: APIRoute, reason: str) -> APIRoute:
-    """``route``'s path, methods and parameters (its role check included), answered 409 with ``reason``."""
+def _refusing(path: str, methods, endpoint, reason: str) -> APIRoute:
+    """A route at ``path`` with ``endpoint``'s parameters (its role check included), answered 409 with ``reason``."""
 
     def refuse(**_):
         raise NotAvailableError(reason)
 
-    refuse.__signature__ = inspect.signature(route.endpoint, eval_str=True)
-    refuse.__name__ = route.endpoint.__name__
-    return APIRoute(route.path, refuse, methods=route.methods, name=route.name, include_in_schema=False)
+    refuse.__signature__ = inspect.signature(endpoint, eval_str=True)
+    refuse.__name__ = endpoint.__name__
+    return APIRoute(path, refuse, methods=methods, include_in_schema=False)
 
 
 def install(app: FastAPI, instance) -> None:
     """In front of every route (the request layer's included): the refusals for what ``instance`` lacks."""
     reasons = {prefix: why(instance) for prefix, why in UNSERVED.items()}
     front = {}
-    for route in app.router.routes:
-        path = route.path.removeprefix(settings.MONAI_LABEL_API_STR) if isinstance(route, APIRoute) else ""
+    for route in iter_route_contexts(app.router.routes):
+        if not isinstance(route.original_route, APIRoute):
+            continue
         for prefix, reason in reasons.items():
-            if reason and path.startswith(prefix):
+            if reason and route.path.removeprefix(settings.MONAI_LABEL_API_STR).startswith(prefix):
                 # The request layer's copy of a stock route has its path and methods: one refusal for both.
-                front.setdefault((route.path, frozenset(route.methods)), _refusing(route, reason))
+                key = (route.path, frozenset(route.methods))
+                front.setdefault(key, _refusing(route.path, route.methods, route.original_route.endpoint, reason))
     app.router.routes[0:0] = list(front.values())
     for prefix, reason in reasons.items():
         if reason:
