@@ -43,7 +43,7 @@ NAMED = {
     "strategy": ("active learning strategy", lambda app: list(app._strategies)),
     "method": ("scoring method", lambda app: list(app._scoring_methods)),
 }
-# The datastore's endpoints name a study by these (an upload names a new one).
+# The datastore's endpoints name a study by these, as text (an upload names a new one).
 STUDY_PARAMETERS = ("image", "label", "id")
 # An endpoint with all of these parameters needs one of them: the image to work on.
 IMAGE_INPUTS = ("image", "file", "session_id")
@@ -119,7 +119,7 @@ def check_study(endpoint: Callable, kwargs: dict) -> None:
         return
     for parameter in STUDY_PARAMETERS:
         image = kwargs.get(parameter)
-        if image:
+        if isinstance(image, str) and image:  # (``label`` of PUT /datastore/label is the uploaded file)
             check_id(image, "image id")
             if image not in app_instance().datastore().list_images():
                 raise NotFoundError(f"image {shown(image)} not found in the datastore")
