@@ -37,7 +37,7 @@ from lib.server.uploads import client_suffix, image_id_of
 MAX_DEPTH = 10
 MAX_CLIENT_ID = 256
 PARAMS_FIELDS = ("params", "info")
-# Path parameters that name something of the app: what it is, and the names it has.
+# Parameters (of the path) that name something of the app: what it is, and the names it has.
 NAMED = {
     "model": ("model", lambda app: [*app._infers, *(n for n in app._trainers if n not in app._infers)]),
     "strategy": ("active learning strategy", lambda app: list(app._strategies)),
@@ -91,7 +91,6 @@ def _infer(kwargs: dict) -> None:
         raise ConfError("no model here takes an uploaded 'label' file: send the image ('file', 'image' or 'session_id')")
     if kwargs.get("output") == infer.ResultType.dicom_seg:
         from monailabel.datastore.dicom import DICOMWebDatastore
-        from monailabel.interfaces.utils.app import app_instance
 
         if not isinstance(app_instance().datastore(), DICOMWebDatastore):
             raise ConfError("output 'dicom_seg' needs a DICOMweb datastore (--studies http(s)://.../dicom-web)")
@@ -100,7 +99,7 @@ def _infer(kwargs: dict) -> None:
 
 
 def check_names(kwargs: dict) -> None:
-    """404 for a path parameter naming a model, strategy or scoring method the app does not have."""
+    """404 for a parameter naming a model, strategy or scoring method the app does not have."""
     app = None
     for parameter, (what, names_of) in NAMED.items():
         name = kwargs.get(parameter)
