@@ -1,7 +1,8 @@
 """Every route of a running server, sent its typical mistakes: never a 500.
 
-The routes are those of the running app: its OpenAPI schema (stock MONAI Label's routes and the app's
-own, as served) and the access rules' table (``lib/server/auth/rules.py``), which also lists the routes
+The routes are those of the running app (``--conf models spleen``, no PACS; the login routes on a
+second one with accounts): its OpenAPI schema (stock MONAI Label's routes and the app's own, as
+served) and the access rules' table (``lib/server/auth/rules.py``), which also lists the routes
 the schema hides (mounts, the DICOMweb proxy, login, deprecated ones) and which
 ``tests/unit/test_auth_rules.py`` proves equal to the app's route table. Each route must have an entry
 in ``MISTAKES`` below: a route added without one fails ``test_every_route_is_walked``.
@@ -25,6 +26,7 @@ import numpy as np
 import pytest
 import requests
 
+from accounts import AccountsServer, add_user
 from conftest import APP, CT, Server, free_port
 
 pytestmark = pytest.mark.e2e
@@ -42,6 +44,7 @@ class Mistake:
     status: int
     words: tuple[str, ...] = ()  # in the answer's detail
     send: dict = field(default_factory=dict)  # requests' keyword arguments
+    accounts: bool = False  # sent to the server with accounts (login routes exist only there)
 
 
 JUNK = {"data": "this is not what the route takes", "headers": {"content-type": "text/plain"}}
@@ -56,21 +59,27 @@ def not_served(path: str, words: tuple[str, ...], send: dict | None = None) -> M
     return Mistake("a part the server was not started with", path, 409, words, send or {})
 
 
-def no_login(path: str) -> Mistake:
-    """Login routes exist only where accounts are on (``--conf auth_users``): here they are not found."""
-    return Mistake("login without accounts", path, 404, send=JUNK)
+def signed_out(what: str, path: str, status: int, words: tuple[str, ...] = (), send: dict | None = None) -> Mistake:
+    """Login routes exist only where accounts are on (``--conf auth_users``): sent to that server, without a token."""
+    return Mistake(what, path, status, words, send or {}, accounts=True)
+
+
+WRONG_PASSWORD = {"data": {"username": "anna", "password": "not her password"}}
 
 
 PROXY = {f"/proxy/dicom/{op}{{path:path}}": f"/proxy/dicom/{op}studies" for op in ("wado/", "qido/", "stow/", "")}
 
 MISTAKES: dict[tuple[str, str], list[Mistake]] = {
-    ("GET", "/auth/"): [no_login("/auth/")],
-    ("POST", "/auth/token"): [no_login("/auth/token")],
-    ("GET", "/auth/token/valid"): [no_login("/auth/token/valid")],
-    ("GET", "/login"): [no_login("/login")],
-    ("POST", "/login"): [no_login("/login")],
-    ("GET", "/logout"): [no_login("/logout")],
-    ("POST", "/logout"): [no_login("/logout")],
+    ("GET", "/auth/"): [signed_out("a body", "/auth/", 200, send=JUNK), Mistake("without accounts", "/auth/", 404)],
+    ("POST", "/auth/token"): [
+        signed_out("missing form", "/auth/token", 422),
+        signed_out("wrong password", "/auth/token", 401, ("wrong username or password",), WRONG_PASSWORD),
+    ],
+    ("GET", "/auth/token/valid"): [signed_out("no token", "/auth/token/valid", 401)],
+    ("GET", "/login"): [signed_out("a body", "/login?next=https://elsewhere.example/", 200, send=JUNK)],
+    ("POST", "/login"): [signed_out("wrong password", "/login", 401, send=WRONG_PASSWORD)],
+    ("GET", "/logout"): [signed_out("not signed in", "/logout", 303)],
+    ("POST", "/logout"): [signed_out("not signed in", "/logout", 303, send=JUNK)],
     # Pages without inputs: a body they do not take is ignored.
     ("GET", "/favicon.ico"): [Mistake("a body", "/favicon.ico", 200, send=JUNK)],
     ("GET", "/"): [Mistake("a body", "/", 200, send=JUNK)],
@@ -193,6 +202,20 @@ def server(root, crop):
     s.stop()
 
 
+@pytest.fixture(scope="module")
+def accounts_server(root, crop):
+    """The same app with built-in accounts, for the login routes."""
+    studies, users = root / "studies_accounts", root / "users.json"
+    studies.mkdir()
+    nib.save(crop, str(studies / "ct.nii.gz"))
+    add_user(users, "anna", "her-password-1", "monailabel-annotator")
+    conf = {"models": "spleen", "skip_trainers": "true", "auth_users": str(users), "login_delay_seconds": "0",
+            "weights_url": f"http://127.0.0.1:{free_port()}/"}
+    s = AccountsServer(studies, root / "model_accounts", conf, root / "server_accounts.log")
+    yield s
+    s.stop()
+
+
 def served_routes(server: Server) -> set[tuple[str, str]]:
     """The running app's routes: its OpenAPI schema, and the access rules' table for those the schema hides."""
     sys.path.insert(0, str(APP))
@@ -217,12 +240,13 @@ def test_every_route_is_walked(server):
 
 
 @pytest.mark.parametrize("method, mistake", list(_cases()))
-def test_mistake_gets_its_4xx_never_a_500(server, method, mistake):
+def test_mistake_gets_its_4xx_never_a_500(request, method, mistake):
+    server = request.getfixturevalue("accounts_server" if mistake.accounts else "server")
     r = requests.request(method, f"{server.url}{mistake.path}", timeout=TIMEOUT, allow_redirects=False, **mistake.send)
     assert r.status_code < 500, f"{r.status_code}: {r.text[:500]}"
     assert r.status_code == mistake.status, f"{r.status_code}: {r.text[:500]}"
     assert r.headers.get("X-Request-ID"), dict(r.headers)
-    if 400 <= r.status_code and method != "HEAD":
+    if 400 <= r.status_code and method != "HEAD" and r.headers["content-type"] == "application/json":
         detail = str(r.json()["detail"])
         for word in mistake.words:
             assert word.lower() in detail.lower(), f"{word!r} not in {detail!r}"
@@ -289,7 +313,7 @@ def test_infer_on_a_file_named_by_uid(server, crop, tmp_path, suffix):
     assert nib.load(str(label)).shape == crop.shape
 
 
-def test_no_answer_was_a_500(server):
-    log = server.log.read_text()
-    assert "500 Internal" not in log
-    assert "internal server error (request id" not in log
+def test_no_answer_was_a_500(server, accounts_server):
+    for log in (server.log.read_text(), accounts_server.log.read_text()):
+        assert "500 Internal" not in log
+        assert "internal server error (request id" not in log
