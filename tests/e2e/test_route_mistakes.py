@@ -16,6 +16,7 @@ Instance UID, as PACS exports name them, and ``random`` asked twice in one secon
 
 from __future__ import annotations
 
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,8 +52,8 @@ JUNK = {"data": "this is not what the route takes", "headers": {"content-type": 
 NOT_JSON = {"data": "{not json", "headers": {"content-type": "application/json"}}
 
 
-def unknown(path: str, what: str = "model", status: int = 404) -> Mistake:
-    return Mistake(f"unknown {what}", path, status, ("nosuch",))
+def unknown(path: str, what: str = "model") -> Mistake:
+    return Mistake(f"unknown {what}", path, 404, ("nosuch",))
 
 
 def not_served(path: str, words: tuple[str, ...], send: dict | None = None) -> Mistake:
@@ -161,7 +162,9 @@ MISTAKES: dict[tuple[str, str], list[Mistake]] = {
     ],
     ("DELETE", "/model/{model}"): [unknown("/model/nosuch")],
     ("GET", "/logs/"): [Mistake("lines not a number", "/logs/?lines=many", 422)],
-    ("GET", "/logs/gpu"): [not_served("/logs/gpu", ("GPU", "nvidia-smi"))],
+    ("GET", "/logs/gpu"): [
+        not_served("/logs/gpu", ("GPU", "nvidia-smi")) if shutil.which("nvidia-smi") is None else Mistake("a body", "/logs/gpu", 200, send=JUNK)
+    ],
     ("POST", "/reload"): [not_served("/reload", ("restart the server",))],
     **{("GET", t): [not_served(p, ("no PACS", "--studies"))] for t, p in PROXY.items()},
     **{("POST", t): [not_served(p, ("no PACS", "--studies"), JUNK)] for t, p in PROXY.items()},
