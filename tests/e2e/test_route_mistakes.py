@@ -127,10 +127,13 @@ MISTAKES: dict[tuple[str, str], list[Mistake]] = {
     ("PUT", "/datastore/image"): [
         Mistake("missing file", "/datastore/image?image=x", 422),
         Mistake("not an image", "/datastore/image", 422, ("unsupported image format", ".txt"), {"files": {"file": ("notes.txt", b"notes")}}),
+        Mistake("hand-out record in another shape", "/datastore/image?image=x", 422, ("'strategy'",),
+                {"files": {"params": (None, '{"strategy": []}'), "file": ("x.nii.gz", b"x")}}),
     ],
     ("PUT", "/datastore/image/info"): [
         unknown("/datastore/image/info?image=nosuch", "image"),
         Mistake("info not JSON", "/datastore/image/info?image=ct", 400, ("json",), {"data": {"info": "{not json"}}),
+        Mistake("hand-out record in another shape", "/datastore/image/info?image=ct", 422, ("'strategy'", "hand-outs"), {"data": {"info": '{"strategy": "x"}'}}),
     ],
     ("PUT", "/datastore/label"): [
         Mistake("missing label file", "/datastore/label?image=ct", 422),

@@ -18,7 +18,9 @@ write it are refused before the request waits for a worker. For
 ``PUT /session/``: uploads get names the server chooses (the client's file name is a path on the
 server's disk in stock MONAI Label); what a session may hold is ``lib.datastore.sessions``'s rule.
 For ``PUT /datastore/image`` without an ``image`` id: the id is the file's name without its extension.
-For ``PUT /model/{model}``: 409 for a model without a model file (stock: 500).
+For ``PUT /model/{model}``: 409 for a model without a model file (stock: 500). For image info
+(``PUT /datastore/image/info``, an upload's params): a ``strategy`` record that is not the hand-out
+record's shape (422).
 """
 
 from __future__ import annotations
@@ -143,17 +145,34 @@ def check_image_given(kwargs: dict) -> None:
         )
 
 
+def check_hand_out_record(info: dict | None) -> None:
+    """Image info ``strategy`` is the record of active learning hand-outs that MONAI Label updates after each
+    one (``{strategy: {"ts": ..., "client_id": ...}}``): in another shape, every later hand-out of the study
+    failed (500). Clients write image info with ``PUT /datastore/image/info`` and an upload's params."""
+    record = (info or {}).get("strategy")
+    if record is not None and not (isinstance(record, dict) and all(isinstance(v, dict) for v in record.values())):
+        raise ConfError(
+            "'strategy' in image info is the record of active learning hand-outs: an object "
+            f"{{strategy name: {{\"ts\": ..., \"client_id\": ...}}}}, got {shown(record)}"
+        )
+
+
 def _model_file(kwargs: dict) -> None:
     if not app_instance().model_file(kwargs["model"], validate=False):
         raise NotAvailableError(f"model '{kwargs['model']}' has no model file on this server to replace")
 
 
 def _add_image(kwargs: dict) -> None:
-    """Without an ``image`` id the upload's file name gives it; stock MONAI Label cut it at the first dot
-    (``1.2.826.0.1.3680043.8.498.7.nii.gz`` became image ``1``)."""
+    """The params become the image's info. Without an ``image`` id the upload's file name gives it; stock
+    MONAI Label cut it at the first dot (``1.2.826.0.1.3680043.8.498.7.nii.gz`` became image ``1``)."""
+    check_hand_out_record(parsed_params(kwargs.get("params")))
     upload = kwargs.get("file")
     if not kwargs.get("image") and upload is not None and upload.filename:
         kwargs["image"] = image_id_of(upload.filename)
+
+
+def _image_info(kwargs: dict) -> None:
+    check_hand_out_record(parsed_params(kwargs.get("info"), "info"))
 
 
 def _session(kwargs: dict) -> None:
@@ -165,6 +184,7 @@ ENDPOINT_CHECKS: dict[Callable, Callable[[dict], None]] = {
     infer.api_run_inference: _infer,
     session.api_create_session: _session,
     datastore.api_add_image: _add_image,
+    datastore.api_put_image_info: _image_info,
     model.api_update_model: _model_file,
 }
 
