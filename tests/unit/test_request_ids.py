@@ -22,6 +22,10 @@ def app_with_faults() -> FastAPI:
     def stock_500():
         raise HTTPException(status_code=500, detail="Failed to execute infer")
 
+    @app.get("/busy")
+    def busy():
+        raise HTTPException(status_code=503, detail="the inference queue is full", headers={"Retry-After": "5"})
+
     @app.get("/missing")
     def missing():
         raise errors.NotFoundError("unknown model 'x'")
@@ -52,6 +56,11 @@ def test_stock_500s_carry_the_request_id_too(caplog):
         r = client.get("/stock-500")
     assert r.status_code == 500 and r.json()["request_id"] == r.headers["X-Request-ID"]
     assert any("Failed to execute infer" in rec.getMessage() and r.json()["request_id"] in rec.getMessage() for rec in caplog.records)
+
+
+def test_a_deliberate_503_stays_what_it_is():
+    r = TestClient(app_with_faults(), raise_server_exceptions=False).get("/busy")
+    assert (r.status_code, r.json(), r.headers["Retry-After"]) == (503, {"detail": "the inference queue is full"}, "5")
 
 
 def test_mistakes_keep_their_4xx_and_every_answer_has_an_id():

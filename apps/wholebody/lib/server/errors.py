@@ -104,8 +104,9 @@ async def _monailabel(request: Request, exc: MONAILabelException):
 
 
 async def _http(request: Request, exc: HTTPException):
-    """Stock endpoints raise ``HTTPException(500)`` for their own faults: logged and answered with the request id."""
-    if exc.status_code < 500:
+    """Stock endpoints raise ``HTTPException(500)`` for their own faults: logged and answered with the request
+    id. Any other status is an answer (a full inference queue's or an unreachable PACS's 503 included)."""
+    if exc.status_code != 500:
         return await http_exception_handler(request, exc)
     return server_fault(request.scope, f"{request.method} {request.url.path}: {exc.detail}", exc)
 
