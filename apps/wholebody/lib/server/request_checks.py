@@ -93,6 +93,7 @@ def _infer(kwargs: dict) -> None:
         raise ConfError("no model here takes an uploaded 'label' file: send the image ('file', 'image' or 'session_id')")
     if kwargs.get("output") == infer.ResultType.dicom_seg:
         from monailabel.datastore.dicom import DICOMWebDatastore
+        from monailabel.interfaces.utils.app import app_instance
 
         if not isinstance(app_instance().datastore(), DICOMWebDatastore):
             raise ConfError("output 'dicom_seg' needs a DICOMweb datastore (--studies http(s)://.../dicom-web)")
