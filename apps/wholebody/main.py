@@ -15,11 +15,11 @@ from monailabel.interfaces.tasks.scoring import ScoringMethod
 from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.tasks.activelearning.first import First
-from monailabel.tasks.activelearning.random import Random
 
 import lib.configs
 from lib.activelearning import datastore_info, trigger
 from lib.activelearning.handout import Exclusive, Handouts
+from lib.activelearning.random_strategy import Random
 from lib.batch.server_task import StudyBatchInfer
 from lib.conf import Conf, ConfError, as_bool
 from lib.datastore.image_check import DEFAULT_MAX_VOXELS, check_ct_file
@@ -222,7 +222,7 @@ class WholeBodyApp(MONAILabelApp):
 
         from lib.batch import server_request as batch_requests
         from lib.heads import routes as head_routes
-        from lib.server import body_limit, routes, scoring_requests, train_requests, training_runs
+        from lib.server import body_limit, routes, scoring_requests, train_requests, training_runs, unserved
         from lib.server import errors as http_errors
         from lib.server.auth import install as access_control
 
@@ -236,6 +236,7 @@ class WholeBodyApp(MONAILabelApp):
         batch_requests.install(self)
         if not self.inline_requests:
             routes.install(fastapi_app, InferQueue(worker_devices(self.infer_workers), self.infer_queue, self.infer_wait_s))
+        unserved.install(fastapi_app, self)  # in front of the request layer's routes
         # Last: it checks every route installed before it, and refuses to start an exposed server.
         access_control.install(fastapi_app, self.options, self.model_dir)
         super().on_init_complete()

@@ -75,7 +75,7 @@ def test_batch_infer_on_a_folder(local_server, tmp_path):
 
     # Refused before any study is read, naming the problem.
     for model, params, status, words in [
-        ("nope", {}, 404, "unknown model 'nope'; batch inference runs: spleen, vista3d, wholebody"),
+        ("nope", {}, 404, "unknown model 'nope'; available: "),
         ("vista3d_point", {}, 422, "needs clicks"),
         ("wholebody", {"max_workers": "two"}, 422, "'max_workers' must be an integer"),
         ("wholebody", {"highres": "maybe"}, 422, "'highres' must be true or false"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from pathlib import Path
 
 import nibabel as nib
@@ -16,6 +17,7 @@ from monai.networks.nets import SegResNet
 from lib.activelearning.handout import Exclusive, Handouts
 from lib.activelearning.labelled_voxels import LabelledVoxels, channel_table
 from lib.activelearning.mc_dropout import enable_mc_dropout, mc_dropout_features, mc_dropout_uncertainty
+from lib.activelearning.random_strategy import Random, handed_out_at
 from lib.activelearning.records import decode_features, encode_features, structures_record
 from lib.activelearning.scoring import SCORE_KEY, WholeBodyUncertainty
 from lib.activelearning.selection import (
@@ -326,3 +328,27 @@ def test_the_scorer_keeps_structure_scores_and_features_and_features_of_labelled
     labelled = store.get_image_info("a")[SCORE_KEY]
     assert "score" not in labelled and "structures" not in labelled and labelled["model_mtime"] == mtime + 10
     assert labelled["features"] == candidate["features"], "same weights, same masks: the same features"
+
+
+def test_random_answers_when_every_study_was_handed_out_this_second(tmp_path):
+    """Stock ``random`` weighs a study by the seconds since it was last handed out: 0 for all of them
+    made ``random.choices`` raise (500). The same client asking again gets its study back."""
+    store = datastore(tmp_path / "studies", names=("a",))
+    strategy = Exclusive(Random(), Handouts(30))
+    request = {"strategy": "random", "client_id": "anna"}
+    first = strategy(request, store)
+    store.update_image_info("a", {"strategy": {"random": {"ts": int(time.time())}}})  # as POST /activelearning records it
+    again = strategy(request, store)
+    assert first["id"] == again["id"] == "a" and again["weight"] >= 1
+
+
+def test_random_reads_hand_out_times_a_client_wrote_in_another_shape(tmp_path):
+    store = datastore(tmp_path / "studies", names=("a", "b", "c", "d"))
+    store.update_image_info("a", {"strategy": {"random": {"ts": time.time() + 3600}}})  # in the future
+    store.update_image_info("b", {"strategy": {"random": {"ts": "yesterday"}}})
+    store.update_image_info("c", {"strategy": "random"})
+    store.update_image_info("d", {"strategy": {"random": {"ts": float("nan")}}})
+    picked = {Random()({"strategy": "random"}, store)["id"] for _ in range(40)}
+    assert picked <= {"a", "b", "c", "d"} and len(picked) >= 2
+    # Unreadable times count as never handed out; one in the future as handed out now (weight 1).
+    assert handed_out_at(store.get_image_info("b"), "random") == handed_out_at(store.get_image_info("d"), "random") == 0.0

@@ -1,4 +1,4 @@
-"""The wholebody model's active learning strategies (``random`` and ``first`` are MONAI Label's).
+"""The wholebody model's active learning strategies (``random``: ``random_strategy.py``; ``first`` is MONAI Label's).
 
 All read the records the scoring method keeps in the datastore (``records.py``), compare only
 records of one model (:func:`~lib.activelearning.records.of_one_model`), and pick at random,
@@ -14,9 +14,9 @@ from collections import Counter
 import numpy as np
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.strategy import Strategy
-from monailabel.tasks.activelearning.random import Random
 
 from lib.activelearning.labelled_voxels import LabelledVoxels
+from lib.activelearning.random_strategy import Random
 from lib.activelearning.records import decode_features, model_of, of_one_model, records_with, structure_arrays
 from lib.activelearning.selection import class_entropy_pick, coverage_pick, gumbel_scale
 

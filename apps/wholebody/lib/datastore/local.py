@@ -14,7 +14,7 @@ from lib.datastore.atomic import copy_atomically
 from lib.datastore.image_check import DEFAULT_MAX_VOXELS, SUPPORTED, check_ct_file, extension, read_header
 from lib.datastore.label_file import checked_label_info
 from lib.datastore.shared import SharedLocalDatastore
-from lib.server.errors import NotFoundError, check_id
+from lib.server.errors import NotAvailableError, NotFoundError, check_id
 
 logger = logging.getLogger(__name__)
 
@@ -114,3 +114,9 @@ class CheckedLocalDatastore(OneLabelPerTag, SharedLocalDatastore):
     def get_image_uri(self, image_id):
         check_id(image_id, "image id")
         return super().get_image_uri(image_id)
+
+    def get_dataset_archive(self, limit_cases):
+        # Stock asserts (500) when no study has a final label: the archive holds labelled studies only.
+        if not self.datalist():
+            raise NotAvailableError("no study has a final label yet: the dataset archive holds labelled studies only")
+        return super().get_dataset_archive(limit_cases)

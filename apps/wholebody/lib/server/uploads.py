@@ -23,7 +23,6 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-import pathlib
 import shutil
 import tempfile
 import types
@@ -33,6 +32,8 @@ from typing import Iterable
 from fastapi import FastAPI
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from lib.datastore.image_check import extension
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class _Request:
     def new_path(self, suffix: str) -> str:
         if self.folder is None:
             self.folder = tempfile.mkdtemp(prefix="request-", dir=self.parent)  # mode 0700
-        path = os.path.join(self.folder, f"upload{len(self.paths)}{_safe_suffix(suffix)}")
+        path = os.path.join(self.folder, f"upload{len(self.paths)}{client_suffix(suffix)}")
         self.paths.add(path)
         return path
 
@@ -70,15 +71,22 @@ class _Request:
 _current: ContextVar[_Request | None] = ContextVar("wholebody_request_files", default=None)
 
 
-def _safe_suffix(suffix: str | None) -> str:
-    """The client's file extension (readers pick the format by it), without anything that could leave the folder."""
-    text = str(suffix or "")
+def client_suffix(name: str | None) -> str:
+    """The extension of a client's file name (readers pick the format by it): a known format at its end,
+    whatever dots come before (``/home/me/1.2.826.0.1.3680043.8.498.7.nii.gz`` -> ``.nii.gz``: PACS exports
+    and anonymisers name files by their Series Instance UID), else its last part (``notes.txt`` -> ``.txt``);
+    ``.upload`` for anything that could leave the folder. Also what stock MONAI Label passes as a suffix
+    (all of a name's extensions: ``.2.826.0.1.3680043.8.498.7.nii.gz``)."""
+    text = extension(f"upload{os.path.basename(str(name or ''))}")
     return text if len(text) <= 32 and all(c.isalnum() or c == "." for c in text) and ".." not in text else ".upload"
 
 
-def client_suffix(filename: str | None) -> str:
-    """``/home/me/ct.seg.nrrd`` -> ``.seg.nrrd``: the extensions of a client's file name, made safe."""
-    return _safe_suffix("".join(pathlib.PurePath(os.path.basename(str(filename or ""))).suffixes))
+def image_id_of(name: str) -> str:
+    """The image id a client's file name gives: its name without the extension (``1.2.826...7.nii.gz`` ->
+    ``1.2.826...7``), as the datastore names the studies of its folder."""
+    name = os.path.basename(name)
+    suffix = client_suffix(name)
+    return name[: -len(suffix)] if suffix and name.lower().endswith(suffix) else name
 
 
 class _NamedPath:
@@ -91,7 +99,7 @@ class _NamedPath:
 def _named_temporary_file(suffix: str | None = None, **_ignored) -> _NamedPath:
     current = _current.get()
     if current is None:  # outside a request (not reached by the stock endpoints): the private temp folder
-        fd, name = tempfile.mkstemp(suffix=_safe_suffix(suffix))
+        fd, name = tempfile.mkstemp(suffix=client_suffix(suffix))
         os.close(fd)
         return _NamedPath(name)
     return _NamedPath(current.new_path(suffix or ""))
