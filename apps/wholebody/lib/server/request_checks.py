@@ -89,13 +89,6 @@ def check_client_id(value: Any) -> None:
 
 
 def _infer(kwargs: dict) -> None:
-    session_id = kwargs.get("session_id")
-    if session_id:
-        from monailabel.interfaces.utils.app import app_instance
-
-        sessions = app_instance().sessions()
-        if sessions is None or sessions.get_session(session_id, update_ts=False) is None:
-            raise HTTPException(404, f"session {shown(session_id)} not found (sessions are their creator's, and expire)")
     if kwargs.get("label") is not None:
         raise ConfError("no model here takes an uploaded 'label' file: send the image ('file', 'image' or 'session_id')")
     if kwargs.get("output") == infer.ResultType.dicom_seg:
@@ -142,7 +135,7 @@ def check_session_known(session_id) -> None:
     if sessions is None:
         raise NotAvailableError("sessions are off on this server (MONAI_LABEL_SESSIONS): send 'image' or 'file' instead")
     if not sessions.get_session(session_id, update_ts=False):
-        raise NotFoundError(f"unknown session {shown(session_id)}: it expired or was deleted; make one with PUT /session/")
+        raise NotFoundError(f"unknown session {shown(session_id)}: it expired, was deleted or is another user's; make one with PUT /session/")
 
 
 def check_image_given(kwargs: dict) -> None:
