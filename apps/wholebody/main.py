@@ -22,6 +22,7 @@ from lib.activelearning import datastore_info, trigger
 from lib.activelearning.handout import Exclusive, Handouts
 from lib.batch.server_task import StudyBatchInfer
 from lib.conf import Conf, ConfError
+from lib.corrections.hooks import LearningLoop
 from lib.datastore.image_check import DEFAULT_MAX_VOXELS, check_ct_file
 from lib.datastore.local import CheckedLocalDatastore
 from lib.datastore.sessions import CheckedSessions
@@ -74,6 +75,8 @@ class WholeBodyApp(MONAILabelApp):
         self.max_upload_mb = self.options.int("max_upload_mb", 2048, minimum=1)
         self.max_voxels = self.options.int("max_voxels", DEFAULT_MAX_VOXELS, minimum=8)
         self.upload_dir = self.options.path("upload_dir", os.path.join(self.model_dir, "uploads"))
+        # Correction records, model versions and their report (lib/corrections/, lib/versions/).
+        self.learning_loop = LearningLoop()
 
         super().__init__(
             app_dir=app_dir,
@@ -130,6 +133,7 @@ class WholeBodyApp(MONAILabelApp):
         label's info too) and whether it reached the PACS or waits for it."""
         answer = super().on_save_label(image_id, label_id) or {}
         answer.update(self._segment_mapping(image_id))
+        self.learning_loop.saved(self, image_id)  # before the hand-out, whose time it reads, is released
         self._release_handout(image_id)  # active learning: the study is free for others again
         upload_status = getattr(self.datastore(), "upload_status", None)
         if upload_status:
@@ -219,6 +223,7 @@ class WholeBodyApp(MONAILabelApp):
         from monailabel.app import app as fastapi_app
 
         from lib.batch import server_request as batch_requests
+        from lib.corrections import hooks as learning_loop
         from lib.heads import routes as head_routes
         from lib.server import body_limit, routes, scoring_requests, train_requests, training_runs
         from lib.server import errors as http_errors
@@ -232,6 +237,7 @@ class WholeBodyApp(MONAILabelApp):
         scoring_requests.install(self)
         training_runs.install()
         batch_requests.install(self)
+        learning_loop.install(fastapi_app, self)
         if not self.inline_requests:
             routes.install(fastapi_app, InferQueue(worker_devices(self.infer_workers), self.infer_queue, self.infer_wait_s))
         # Last: it checks every route installed before it, and refuses to start an exposed server.
@@ -243,14 +249,18 @@ class WholeBodyApp(MONAILabelApp):
         if model not in self._infers:
             raise NotFoundError(f"unknown model '{model}'; available: {', '.join(self._infers)}")
         check_infer_params(request)  # 422 before anything is read or computed
-        image = request.get("image")
+        image, study = request.get("image"), None
         if uploads.created_for_this_request(image):
             check_ct_file(image, self.max_voxels)  # what an upload to the datastore must be (422)
         elif isinstance(image, str) and not self._session_image(request):
             check_id(image, "image id")
             if not (datastore or self.datastore()).get_image_uri(image):
                 raise NotFoundError(f"image '{image}' not found in the datastore")
-        return super().infer(request, datastore)
+            study = image
+        result = super().infer(request, datastore)
+        if study:  # the prediction an annotator of this study starts from
+            self.learning_loop.served(self, study, request, result)
+        return result
 
     def _session_image(self, request) -> bool:
         """An image given as a path is only trusted where the server put it for this request: its upload
