@@ -191,6 +191,21 @@ def test_cors(server):
     assert write.status_code == 403 and "not allowed" in write.json()["detail"]
 
 
+def test_model_versions_and_report_roles(server):
+    token = {n: requests.post(f"{server.url}/auth/token", data={"username": n, "password": USERS[n][0]}, timeout=30).json()["access_token"] for n in ("anna", "adam")}
+    assert requests.get(f"{server.url}/versions/", headers=bearer(token["anna"]), timeout=30).status_code == 200
+    for method in ("put", "delete"):
+        path = "pin/1" if method == "put" else "pin"
+        refused = requests.request(method, f"{server.url}/versions/wholebody_lowres/{path}", headers=bearer(token["anna"]), timeout=30)
+        assert refused.status_code == 403, (method, refused.text)
+    assert requests.get(f"{server.url}/corrections/report", headers=bearer(token["anna"]), timeout=30).status_code == 403
+    # The admin passes the role check and is told why nothing was pinned; the attempt is in the audit log.
+    answer = requests.put(f"{server.url}/versions/wholebody_lowres/pin/1", headers=bearer(token["adam"]), timeout=30)
+    assert answer.status_code == 422 and "has no version 1" in answer.json()["detail"]
+    assert ("pin_version", "adam") in [(r["event"], r["user"]) for r in audit(server)]
+    assert requests.get(f"{server.url}/corrections/report", headers=bearer(token["adam"]), timeout=30).json() == {}
+
+
 def test_login_throttling(server):
     """Last in the module: it uses up this address's failed sign-ins."""
     before = len(audit(server))
