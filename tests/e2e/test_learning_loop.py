@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import requests
 
-from conftest import CT, Server, free_port, slicer_client_class, wait_for, wait_for_training
+from conftest import CT, Server, correction_record, free_port, slicer_client_class, wait_for_training
 
 pytestmark = pytest.mark.e2e
 
@@ -69,14 +69,6 @@ def correct(client, study: str, tmp: str) -> tuple[np.ndarray, dict]:
     return served, {by_value[a]: len(half), by_value[b]: int(counts[values == b][0])}
 
 
-def record_of(url: str, study: str, timeout: float = 60) -> dict:
-    def found():
-        objects = requests.get(f"{url}/datastore/", params={"output": "all"}, timeout=30).json()["objects"]
-        return ((objects[study]["labels"].get("final") or {}).get("info") or {}).get("corrections")
-
-    return wait_for(found, timeout)
-
-
 def check_record(record: dict, served: np.ndarray, by_value: dict, edits: dict) -> None:
     served_names = {by_value[v] for v in np.unique(served).tolist() if v}
     assert record["edited"] == sorted(edits), record
@@ -94,10 +86,10 @@ def test_slicer_session_records_what_was_corrected(server, root, tmp_path):
     by_value = {v: k for k, v in names.items()}
 
     served, edits = correct(client, "crop1", str(tmp_path))
-    record = record_of(url, "crop1")
+    record = correction_record(url, "crop1")
     check_record(record, served, by_value, edits)
     assert record["model"] == "wholebody" and record["version"] is None  # untrained: no weights file
-    original = requests.get(f"{url}/datastore/", params={"output": "all"}, timeout=30).json()["objects"]["crop1"]["labels"]["original"]
+    original = requests.get(f"{url}/datastore/", params={"output": "all"}, timeout=30).json()["objects"]["crop1"]["labels"]["original_wholebody"]
     assert original["info"]["model"] == "wholebody" and original["info"]["served_at"] <= record["saved_at"]
 
     # A hand-out (Next Sample), a pause, then inference and a save: seconds count from the hand-out.
@@ -105,7 +97,7 @@ def test_slicer_session_records_what_was_corrected(server, root, tmp_path):
     study = client.next_sample("first", {})["id"]
     time.sleep(1.5)
     served, edits = correct(client, study, str(tmp_path))
-    record = record_of(url, study)
+    record = correction_record(url, study)
     after = time.time()
     check_record(record, served, by_value, edits)
     assert 1.5 <= record["seconds"] <= after - before
@@ -172,7 +164,7 @@ def test_versions_pin_unpin_restart_and_report(server, root, tmp_path):
 
     # The report: two versions, two corrected studies each, values from the edits made above.
     for study, (served, edits) in expected.items():
-        check_record(record_of(url, study), served, by_value, edits)
+        check_record(correction_record(url, study), served, by_value, edits)
     report = requests.get(f"{url}/corrections/report", timeout=30).json()["wholebody"]
     for version, studies in (("1", ["crop3", "crop4"]), ("2", ["crop1", "crop2"])):
         assert report[version]["studies"] == studies

@@ -38,7 +38,7 @@ class LearningLoop:
         started = handouts.handed_out_at(image_id) if handouts else None
         info = store.get_label_info(image_id, tag) or {}
         annotator = signed_in_user() or info.get("user") or info.get("client_id")
-        return self.recorder.saved(store, image_id, tag, started, annotator)
+        return self.recorder.saved(store, image_id, tag, list(app._infers), started, annotator)
 
 
 def install(fastapi_app: FastAPI, app: Any) -> None:

@@ -54,12 +54,13 @@ class Recorder:
     def __init__(self):
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="corrections")
 
-    def saved(self, datastore: Datastore, image_id: str, tag: str, started: float | None, annotator: str | None):
+    def saved(self, datastore: Datastore, image_id: str, tag: str, models: list[str], started: float | None, annotator: str | None):
         """Called when a label was saved (``started``: when the study was handed out, if it was). Returns
-        the future of the record (None when no prediction was served for the study)."""
+        the future of the record (None when no prediction of ``models`` was served for the study)."""
         if tag != DefaultLabelTag.FINAL.value:
             return None
-        found = served(datastore, image_id)
+        info = datastore.get_label_info(image_id, tag) or {}
+        found = served(datastore, image_id, models, info.get("model") or (info.get("params") or {}).get("model"))
         final_file = datastore.get_label_uri(image_id, tag)
         if not found or not final_file:
             return None
