@@ -15,7 +15,14 @@ from scipy import ndimage
 
 # Axial slices per bincount: bounds the temporary int arrays to a few slices of the volume.
 SLICES_PER_BLOCK = 16
-_CUBE = np.ones((3, 3, 3), dtype=bool)
+
+
+def _near(mask: np.ndarray) -> np.ndarray:
+    """Dilation by the 3x3x3 cube, as three 1-D maxima (the cube is separable): far cheaper on large boxes."""
+    near = mask.view(np.uint8)
+    for axis in range(mask.ndim):
+        near = ndimage.maximum_filter1d(near, 3, axis=axis, mode="constant")
+    return near.astype(bool)
 
 
 def common_values(served_names: Mapping[str, int], final_segments: Iterable[tuple[str, int]], resolve) -> tuple[dict[int, str], np.ndarray]:
@@ -54,7 +61,7 @@ def surface_dice(served_edge, final_edge, served_in, final_in, served_total: int
     voxel of the other. Computed in a box around the structure's changed voxels (``*_edge``: boundaries,
     ``*_in``: the structure, both cropped to it): outside it both boundaries are the same voxels."""
     a, b = served_edge & served_in, final_edge & final_in
-    unmatched = int((a & ~ndimage.binary_dilation(b, _CUBE)).sum()) + int((b & ~ndimage.binary_dilation(a, _CUBE)).sum())
+    unmatched = int((a & ~_near(b)).sum()) + int((b & ~_near(a)).sum())
     total = served_total + final_total
     return (total - unmatched) / total if total else 1.0
 
@@ -68,20 +75,22 @@ def effort(served: np.ndarray, final: np.ndarray, names: Mapping[int, str], lut:
     served) and deleted (served, none kept)."""
     size = int(max(max(names, default=0), int(served.max(initial=0)), int(lut.max())) + 1)
     counts = np.zeros((size, size), dtype=np.int64)
-    touched: list[np.ndarray] = []
-    where: list[tuple[np.ndarray, ...]] = []  # changed voxels: (x, y, z, served value, final value)
     depth = served.shape[-1]
+    touched = np.zeros((depth, size), dtype=bool)  # axial slice x structure: changed there
+    where: list[tuple[np.ndarray, ...]] = []  # changed voxels: (x, y, z, served value, final value)
     for start in range(0, depth, SLICES_PER_BLOCK):
-        p = np.asarray(served[..., start : start + SLICES_PER_BLOCK], dtype=np.int64)
+        p = np.asarray(served[..., start : start + SLICES_PER_BLOCK], dtype=np.int32)
         f = lut[np.asarray(final[..., start : start + SLICES_PER_BLOCK], dtype=np.intp)]
         counts += np.bincount((p * size + f).ravel(order="K"), minlength=size * size).reshape(size, size)
         changed = p != f
         if changed.any():
-            x, y, z = np.nonzero(changed)
-            z = z + start
-            touched.append(np.unique(np.concatenate([z * size + p[changed], z * size + f[changed]])))
-            where.append((x, y, z, p[changed], f[changed]))
-    slices = np.bincount(np.concatenate(touched) % size, minlength=size) if touched else np.zeros(size, dtype=np.int64)
+            x, y, z = (c.astype(np.int32) for c in np.nonzero(changed))
+            z += start
+            was, now = p[changed], f[changed]
+            touched[z, was] = True
+            touched[z, now] = True
+            where.append((x, y, z, was, now))
+    slices = touched.sum(axis=0)
     changed_at = [np.concatenate(c) for c in zip(*where)] if where else None
     served_edge, final_edge = boundary(served), boundary(final)
     edge_counts = (
@@ -122,7 +131,7 @@ def effort(served: np.ndarray, final: np.ndarray, names: Mapping[int, str], lut:
         "missed": sorted(n for n, e in structures.items() if e["final"] and not e["served"]),
         "deleted": sorted(n for n, e in structures.items() if e["served"] and not e["final"]),
         "voxels_changed": int(sum(e["added"] + e["removed"] for e in structures.values())),
-        "slices_touched": int(len(np.unique(np.concatenate(touched) // size)) if touched else 0),
+        "slices_touched": int(touched[:, 1:].any(axis=1).sum()),
     }
 
 
