@@ -21,7 +21,7 @@ import lib.configs
 from lib.activelearning import datastore_info, trigger
 from lib.activelearning.handout import Exclusive, Handouts
 from lib.batch.server_task import StudyBatchInfer
-from lib.conf import Conf, ConfError
+from lib.conf import Conf, ConfError, as_bool
 from lib.corrections.hooks import LearningLoop
 from lib.datastore.image_check import DEFAULT_MAX_VOXELS, check_ct_file
 from lib.datastore.local import CheckedLocalDatastore
@@ -29,6 +29,8 @@ from lib.datastore.sessions import CheckedSessions
 from lib.labels.mapping import segment_mapping
 from lib.labels.saved import saved_segments
 from lib.server import uploads
+from lib.server.auth.context import require_for_write, signed_in_user
+from lib.server.auth.rules import SAVE_INFERENCE_RESULT
 from lib.server.errors import NotFoundError, check_id, check_session_id
 from lib.server.infer_params import check_infer_params
 from lib.server.infer_queue import InferQueue, default_workers, worker_devices
@@ -121,8 +123,8 @@ class WholeBodyApp(MONAILabelApp):
             return super().init_remote_datastore()
         model_labels = {name: dict(getattr(config, "labels", None) or {}) for name, config in self.models.items()}
         store = dicomweb_datastore.create(self.studies, self.options, model_labels, "0.1.0")
-        if "monailabel.app" in sys.modules and "googleapis.com" not in self.studies:
-            # Under the server: OHIF's proxy to the PACS, fixed (Google's keeps the stock proxy and its tokens).
+        if "monailabel.app" in sys.modules:
+            # Under the server: OHIF's proxy to the PACS, kept to DICOMweb (Google's with its tokens too).
             from lib.pacs import proxy as dicomweb_proxy
 
             dicomweb_proxy.install(sys.modules["monailabel.app"].app)
@@ -249,18 +251,37 @@ class WholeBodyApp(MONAILabelApp):
         if model not in self._infers:
             raise NotFoundError(f"unknown model '{model}'; available: {', '.join(self._infers)}")
         check_infer_params(request)  # 422 before anything is read or computed
-        image, study = request.get("image"), None
+        save = as_bool(request.get("save_label", False), "save_label")
+        if save:  # /infer is a user's route; saving its result as a label is an annotator's right, as everywhere
+            require_for_write(SAVE_INFERENCE_RESULT, "save an inference result as a label ('save_label')")
+        image = request.get("image")
+        stored = False
         if uploads.created_for_this_request(image):
             check_ct_file(image, self.max_voxels)  # what an upload to the datastore must be (422)
         elif isinstance(image, str) and not self._session_image(request):
             check_id(image, "image id")
             if not (datastore or self.datastore()).get_image_uri(image):
                 raise NotFoundError(f"image '{image}' not found in the datastore")
-            study = image
-        result = super().infer(request, datastore)
-        if study:  # the prediction an annotator of this study starts from
-            self.learning_loop.served(self, study, request, result)
+            stored = True
+        result = super().infer({**request, "save_label": False}, datastore)
+        if stored:  # the prediction an annotator of this study starts from
+            self.learning_loop.served(self, image, request, result)
+        if save and stored and result.get("file") and os.path.exists(result["file"]):
+            result["label"], result["tag"] = self._save_result(image, request, result, datastore or self.datastore())
         return result
+
+    def _save_result(self, image_id: str, request: dict, result: dict, datastore: Datastore) -> tuple[str, str]:
+        """``save_label``: the result saved as a label, as MONAI Label saves it (tag ``label_tag``, default
+        ``original``), attributed to the signed-in user; the study's hand-out ends as with any saved label."""
+        tag = request.get("label_tag") or DefaultLabelTag.ORIGINAL
+        info = {"model": request.get("model"), "params": result.get("params")}
+        user = signed_in_user()
+        if user:
+            info["user"] = user
+        label_id = datastore.save_label(image_id, result["file"], tag, info)
+        logger.info(f"Inference result of {request.get('model')} saved as label '{tag}' of {image_id}" + (f" by {user}" if user else ""))
+        self._release_handout(image_id)
+        return label_id, tag
 
     def _session_image(self, request) -> bool:
         """An image given as a path is only trusted where the server put it for this request: its upload
@@ -274,6 +295,13 @@ class WholeBodyApp(MONAILabelApp):
         check_session_id(name)
         found = sessions.get_session(name, update_ts=False)
         return bool(found) and os.path.realpath(found.image) == os.path.realpath(str(request.get("image")))
+
+    def next_sample(self, request):
+        """The chosen study by id; its path on the server's disk is no client's business (Slicer downloads
+        the study by id when it has no such file)."""
+        result = super().next_sample(request)
+        result.pop("path", None)
+        return result
 
     def train(self, request):
         if request.get("model") not in self._trainers:

@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 import time
+import uuid
 
 import jwt
 import nibabel as nib
@@ -135,7 +136,9 @@ def test_slicer_session_with_accounts(server, root):
     events = [(r["event"], r["user"], r.get("status")) for r in audit(server) if r["event"] != "server_start"]
     assert events == [
         ("login", "anna", None),
+        ("next_sample", "anna", 200),
         ("login", "otto", None),
+        ("next_sample", "otto", 200),
         ("save_label", "anna", 200),
         ("denied", "anna", 403),
         ("login", "uma", None),
@@ -189,6 +192,101 @@ def test_cors(server):
     assert read.status_code == 200 and "Access-Control-Allow-Origin" not in read.headers
     write = requests.post(f"{server.url}/activelearning/random", json={}, headers={"Origin": "https://evil.example", **bearer(token)}, timeout=30)
     assert write.status_code == 403 and "not allowed" in write.json()["detail"]
+
+
+def label_bytes(server, token: str, image: str, tag: str) -> bytes:
+    answer = requests.get(f"{server.url}/datastore/label", params={"label": image, "tag": tag}, headers=bearer(token), timeout=30)
+    assert answer.status_code == 200, answer.text
+    return answer.content
+
+
+def label_info(server, token: str, image: str, tag: str) -> dict:
+    return requests.get(f"{server.url}/datastore/label/info", params={"label": image, "tag": tag}, headers=bearer(token), timeout=30).json()
+
+
+def test_only_annotators_save_through_infer(server, root):
+    """A read-only user's /infer with save_label replaced another annotator's final label, unaudited."""
+    anna, uma = SlicerLogin(server.url, str(root), "anna", USERS["anna"][0]), SlicerLogin(server.url, str(root), "uma", USERS["uma"][0])
+    crop = nib.load(server.studies / "crop2.nii.gz")
+    painted = np.zeros(crop.shape, np.uint8)
+    painted[10:30, 10:30, 5:15] = 1
+    nib.save(nib.Nifti1Image(painted, crop.affine), root / "anna_final.nii.gz")
+    anna().save_label("crop2", str(root / "anna_final.nii.gz"), params={"label_info": [{"name": "spleen", "idx": 1}]})
+    anna_token = anna.token["access_token"]
+    before = label_bytes(server, anna_token, "crop2", "final")
+
+    assert status_of(lambda: uma().infer("spleen", "crop2", {**SLICER, "save_label": True, "label_tag": "final"})) == 403
+    assert label_bytes(server, anna_token, "crop2", "final") == before
+    assert label_info(server, anna_token, "crop2", "final")["user"] == "anna"
+    denied = audit(server)[-1]
+    assert (denied["event"], denied["user"], denied["status"], denied["path"]) == ("denied", "uma", 403, "/infer/spleen")
+
+    # An annotator may: the result saved under its tag, attributed, and the hand-out of the study ends.
+    nib.save(crop, root / "crop3.nii.gz")
+    anna().upload_image(str(root / "crop3.nii.gz"), "crop3")
+    sample = anna().next_sample("random", {})
+    assert sample["id"] == "crop3" and "path" not in sample and str(server.studies) not in json.dumps(sample)
+    assert "crop3" in json.loads((server.model_dir / "handouts.json").read_text())
+    anna().infer("spleen", "crop3", {**SLICER, "save_label": True, "label_tag": "spleen_draft"})
+    saved = label_info(server, anna_token, "crop3", "spleen_draft")
+    assert saved["user"] == "anna" and saved["model"] == "spleen"
+    assert "crop3" not in json.loads((server.model_dir / "handouts.json").read_text())
+    event = audit(server)[-1]
+    assert (event["event"], event["user"], event["status"], event["path"]) == ("save_label", "anna", 200, "/infer/spleen")
+
+
+def test_info_updates_name_who_made_them(server, root):
+    """The routes in front of the stock ones recorded "admin" for everyone."""
+    otto = requests.post(f"{server.url}/auth/token", data={"username": "otto", "password": USERS["otto"][0]}, timeout=30).json()["access_token"]
+    # a forged X-Forwarded-For from loopback changes nothing in the audit log either
+    spoofed = {**bearer(otto), "X-Forwarded-For": "203.0.113.9"}
+    answer = requests.put(f"{server.url}/datastore/image/info", params={"image": "crop1"}, data={"info": json.dumps({"note": "contrast"})}, headers=spoofed, timeout=30)
+    assert answer.status_code == 200, answer.text
+    info = requests.get(f"{server.url}/datastore/image/info", params={"image": "crop1"}, headers=bearer(otto), timeout=30).json()
+    assert info["user"] == "otto" and info["note"] == "contrast"
+    assert "path" not in info and str(server.studies) not in json.dumps(info)  # no server paths
+    update = next(r for r in reversed(audit(server)) if r["event"] == "update_image_info")
+    assert update["user"] == "otto" and update["address"] == "127.0.0.1"
+    assert "by otto" in server.log.read_text() and "Update Image Info: crop1 by admin" not in server.log.read_text()
+
+
+def test_sessions_belong_to_their_creator(server, root):
+    uma, otto = SlicerLogin(server.url, str(root), "uma", USERS["uma"][0]), SlicerLogin(server.url, str(root), "otto", USERS["otto"][0])
+    nib.save(nib.load(server.studies / "crop1.nii.gz"), root / "own.nii.gz")
+    created = uma().create_session(str(root / "own.nii.gz"))
+    session_id = created["session_id"]
+    assert uuid.UUID(session_id).version == 4  # random, not uuid1's time and MAC address
+    assert str(root) not in json.dumps(created) and "path" not in created["session_info"]
+    shown = uma().get_session(session_id)
+    assert shown["name"] == session_id and "image" not in shown and str(server.model_dir) not in json.dumps(shown)
+
+    assert status_of(lambda: otto().get_session(session_id)) == 404
+    assert status_of(lambda: otto().infer("spleen", "", SLICER, session_id=session_id)) == 404
+    assert status_of(lambda: otto().remove_session(session_id)) == 404
+    image = requests.get(f"{server.url}/session/{session_id}", params={"image": "true"}, headers=bearer(otto.token["access_token"]), timeout=30)
+    assert image.status_code == 404
+
+    result_file, params = uma().infer("spleen", "", SLICER, session_id=session_id)
+    assert nrrd.read(result_file)[0].shape == (64, 64, 30) and params["label_names"] == {"spleen": 1}
+    uma().remove_session(session_id)
+    assert status_of(lambda: uma().get_session(session_id)) == 404
+
+
+def test_queue_shows_users_their_own_requests(server):
+    def queue_as(name: str) -> dict:
+        token = requests.post(f"{server.url}/auth/token", data={"username": name, "password": USERS[name][0]}, timeout=30).json()["access_token"]
+        return requests.get(f"{server.url}/queue/", headers=bearer(token), timeout=30).json()
+
+    assert {"others_running", "others_waiting"} <= set(queue_as("uma"))
+    assert "others_running" not in queue_as("adam")
+
+
+def test_signing_out_ends_the_token(server):
+    token = requests.post(f"{server.url}/auth/token", data={"username": "uma", "password": USERS["uma"][0]}, timeout=30).json()["access_token"]
+    assert requests.get(f"{server.url}/info/", headers=bearer(token), timeout=30).status_code == 200
+    assert requests.post(f"{server.url}/logout", headers=bearer(token), allow_redirects=False, timeout=30).status_code == 303
+    after = requests.get(f"{server.url}/info/", headers=bearer(token), timeout=30)
+    assert after.status_code == 401 and "signed out" in after.json()["detail"]
 
 
 def test_model_versions_and_report_roles(server):

@@ -544,8 +544,9 @@ def test_uploads_sessions_and_inference_still_work_and_leave_nothing(server, roo
     crop.write_bytes(files.ct_bytes())
 
     session_id = client.create_session(str(crop))["session_id"]
-    image = Path(requests.get(f"{server.url}/session/{session_id}", timeout=TIMEOUT).json()["image"])
-    assert image.parent.parent == root / "sessions" and image.read_bytes() == crop.read_bytes()
+    assert "image" not in requests.get(f"{server.url}/session/{session_id}", timeout=TIMEOUT).json()  # no server paths
+    stored = [p for p in (root / "sessions" / session_id).iterdir() if p.name != "meta.info"]
+    assert len(stored) == 1 and stored[0].read_bytes() == crop.read_bytes()
     result, params = client.infer("spleen", "", {"result_extension": ".nrrd"}, session_id=session_id)
     assert params["label_names"] and Path(result).stat().st_size > 0
     client.remove_session(session_id)

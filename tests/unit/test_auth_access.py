@@ -19,9 +19,10 @@ from test_auth_users import fast_bcrypt  # noqa: F401  (a fixture: cheap hashes)
 from lib.conf import Conf, ConfError
 from lib.server.auth import install as access_control
 from lib.server.auth.access import SESSION_COOKIE
-from lib.server.auth.context import signed_in_user
+from lib.server.auth.context import require_for_write, signed_in_user
 from lib.server.auth.exposure import ExposedWithoutAccounts
 from lib.server.auth.roles import ADMIN, ANNOTATOR, USER
+from lib.server.auth.rules import SAVE_INFERENCE_RESULT
 from lib.server.auth.users import Account, hash_password, read, write
 
 PASSWORDS = {"uma": "uma-password", "anna": "anna-password", "adam": "adam-password"}
@@ -38,6 +39,13 @@ def server_like_app() -> FastAPI:
     app.put("/datastore/label")(who)
     app.delete("/datastore/label")(who)
     app.post("/train/{model}")(lambda model: {"user": signed_in_user()})
+
+    @app.post("/infer/{model}")
+    def infer(model: str, save_label: bool = False):
+        """As the app's infer: a user's route, whose result only an annotator may save."""
+        if save_label:
+            require_for_write(SAVE_INFERENCE_RESULT, "save an inference result as a label")
+        return {"user": signed_in_user(), "saved": save_label}
 
     @app.get("/datastore/label/info")
     async def as_monai_label_sees_it(user: User = Depends(RBAC(USER))):
@@ -147,9 +155,41 @@ def test_browser_is_sent_to_the_login_page_and_back(server):
     assert "Secure" not in cookie  # plain http here; set on https
     assert server.get("/ohif/viewer").json() == {"user": "anna"}
 
+    session = server.cookies[SESSION_COOKIE]
     server.get("/logout", follow_redirects=False)
     assert SESSION_COOKIE not in server.cookies
     assert server.get("/ohif/viewer").status_code == 401
+    # A copy of the cookie is worth nothing after signing out: the token was revoked on the server.
+    server.cookies.set(SESSION_COOKIE, session)
+    copied = server.get("/ohif/viewer")
+    assert copied.status_code == 401 and "signed out" in copied.json()["detail"]
+
+
+def test_signing_out_revokes_a_bearer_token(server, tmp_path):
+    uma, anna = token(server, "uma"), token(server, "anna")
+    assert server.post("/logout", headers=uma, follow_redirects=False).status_code == 303
+    refused = server.get("/info/", headers=uma)
+    assert refused.status_code == 401 and refused.json()["detail"] == "this token was signed out: sign in again"
+    assert server.get("/info/", headers=anna).status_code == 200  # only that token
+    assert server.get("/info/", headers=token(server, "uma")).status_code == 200  # a new sign-in works
+    assert ("logout", "uma") in [(r["event"], r["user"]) for r in audit(tmp_path)]
+
+
+def test_a_route_without_a_rule_is_refused_in_plain_words(server):
+    refused = server.post("/nothing/here", headers=token(server, "anna"))
+    assert refused.status_code == 403
+    assert refused.json()["detail"] == f'role "{ADMIN}" is required for POST /nothing/here (a route with no access rule); anna has {ANNOTATOR}'
+
+
+def test_saving_an_inference_result_is_an_annotators_write(server, tmp_path):
+    uma, anna = token(server, "uma"), token(server, "anna")
+    assert server.post("/infer/spleen", headers=uma).json() == {"user": "uma", "saved": False}
+    refused = server.post("/infer/spleen?save_label=true", headers=uma)
+    assert refused.status_code == 403
+    assert refused.json()["detail"] == f'role "{ANNOTATOR}" is required to save an inference result as a label; uma has {USER}'
+    assert server.post("/infer/spleen?save_label=true", headers=anna).json() == {"user": "anna", "saved": True}
+    events = [(r["event"], r["user"], r.get("status")) for r in audit(tmp_path) if r["event"] not in ("server_start", "login")]
+    assert events == [("denied", "uma", 403), ("save_label", "anna", 200)]
 
 
 @pytest.mark.parametrize("next_path", ["//evil.example/x", "/\\evil.example", "https://evil.example", "javascript:alert(1)"])

@@ -16,8 +16,17 @@ from lib.server import routes as request_routes
 from lib.server.auth import routes as auth_routes
 from lib.server.auth.access import SignedIn
 from lib.server.auth.audit import AuditLog
+from lib.server.auth.revoked import RevokedTokens
 from lib.server.auth.roles import ADMIN, ANNOTATOR, REVIEWER, USER
-from lib.server.auth.rules import PUBLIC, RULES, SIGNED_IN, UNLISTED, rule_for
+from lib.server.auth.rules import (
+    PARAMETER_WRITES,
+    PUBLIC,
+    RULES,
+    SAVE_INFERENCE_RESULT,
+    SIGNED_IN,
+    UNLISTED,
+    rule_for,
+)
 from lib.server.auth.throttle import LoginThrottle
 from lib.server.auth.tokens import Tokens
 from lib.server.auth.users import Account, Accounts, hash_password, write
@@ -45,7 +54,7 @@ def server_routes(tmp_path_factory) -> set[tuple[str, str]]:
     folder = tmp_path_factory.mktemp("auth")
     users = folder / "users.json"
     write(str(users), {"admin": Account("admin", hash_password("password-1"), (ADMIN,))})
-    signed_in = SignedIn(Accounts(str(users)), Tokens(b"k" * 32, 1.0))
+    signed_in = SignedIn(Accounts(str(users)), Tokens(b"k" * 32, 1.0), RevokedTokens(str(folder / "revoked.json")))
     head_routes.install(app, {})
     learning_loop.install(app, SimpleNamespace(_infers={}))
     proxy.install(app)
@@ -83,7 +92,7 @@ def test_checker_sees_routes():
         ("GET", "/info/", USER),
         ("GET", "/info", USER),  # FastAPI redirects to /info/: same rule
         ("POST", "/infer/wholebody", USER),
-        ("POST", "/activelearning/random", USER),
+        ("POST", "/activelearning/random", ANNOTATOR),
         ("GET", "/ohif/index.html", USER),
         ("GET", "/ohif/assets/x/y.js", USER),
         ("GET", "/proxy/dicom/wado/studies/1.2/series/3/frames/1", USER),
@@ -116,3 +125,32 @@ def test_a_request_no_rule_matches_is_for_admins_only(method, path):
 def test_what_changes_something_is_audited():
     changing = [(m, t) for (m, t), rule in RULES.items() if m in ("PUT", "POST", "DELETE") and rule.role in (ANNOTATOR, REVIEWER, ADMIN)]
     assert changing and all(RULES[k].audit for k in changing), [k for k in changing if not RULES[k].audit]
+
+
+# Every route that changes something and that a role below the annotator's may call, reviewed: what it may
+# write, and who may write it. Routes that write labels name the parameter in rules.PARAMETER_WRITES.
+BELOW_ANNOTATOR_WRITES = {
+    ("POST", "/auth/token"): "signs in: issues a token, writes nothing else",
+    ("POST", "/login"): "signs in: issues a token in a cookie",
+    ("GET", "/logout"): "revokes the caller's own token",
+    ("POST", "/logout"): "revokes the caller's own token",
+    ("POST", "/infer/{model}"): "save_label writes a label: an annotator's (PARAMETER_WRITES)",
+    ("POST", "/infer/wsi/{model}"): "save_label writes a label: an annotator's (PARAMETER_WRITES)",
+    ("POST", "/infer/wsi_v2/{model}"): "save_label writes a label: an annotator's (PARAMETER_WRITES)",
+    ("PUT", "/session/"): "a private copy of an image, owned by its creator (lib/datastore/sessions.py)",
+    ("DELETE", "/session/{session_id}"): "the caller's own session only (others' answer 404)",
+}
+
+
+def test_every_write_below_the_annotators_role_is_reviewed(server_routes):
+    below = {
+        (m, t) for (m, t) in server_routes
+        if m not in ("GET", "HEAD", "OPTIONS") and RULES.get((m, t), UNLISTED).role in (PUBLIC, SIGNED_IN, USER)
+    } | {("GET", "/logout")}
+    assert below == set(BELOW_ANNOTATOR_WRITES), (
+        f"not reviewed: {sorted(below - set(BELOW_ANNOTATOR_WRITES))}; gone: {sorted(set(BELOW_ANNOTATOR_WRITES) - below)}"
+    )
+    saving = {k for k, why in BELOW_ANNOTATOR_WRITES.items() if "PARAMETER_WRITES" in why}
+    assert saving == set(PARAMETER_WRITES)
+    assert all(PARAMETER_WRITES[k] == {"save_label": SAVE_INFERENCE_RESULT} for k in saving)
+    assert SAVE_INFERENCE_RESULT.role == ANNOTATOR and SAVE_INFERENCE_RESULT.audit == "save_label"

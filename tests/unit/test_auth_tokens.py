@@ -1,4 +1,5 @@
-"""Tokens: signed, expiring, HS256 only; the signing key generated once, mode 0600, or from the environment."""
+"""Tokens: signed, expiring, HS256 only, each with its own id by which signing out revokes it; the signing key
+generated once, mode 0600, or from the environment."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import time
 import jwt
 import pytest
 
+from lib.server.auth.revoked import RevokedTokens
 from lib.server.auth.roles import ANNOTATOR
 from lib.server.auth.tokens import ISSUER, KEY_ENV, InvalidToken, SigningKeyError, Tokens, load_key
 from lib.server.auth.users import Account
@@ -21,7 +23,7 @@ ALICE = Account("alice", "$2b$12$" + "a" * 53, (ANNOTATOR,))
 
 def claims(**changes) -> dict:
     now = int(time.time())
-    return {"sub": "alice", "roles": [ANNOTATOR], "pwv": ALICE.password_version, "iss": ISSUER, "iat": now, "exp": now + 60, **changes}
+    return {"sub": "alice", "roles": [ANNOTATOR], "pwv": ALICE.password_version, "iss": ISSUER, "iat": now, "exp": now + 60, "jti": "t1", **changes}
 
 
 def b64(data: dict) -> str:
@@ -99,3 +101,34 @@ def test_key_from_the_environment(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv(KEY_ENV, "short")
     with pytest.raises(SigningKeyError, match="at least 32"):
         load_key(str(tmp_path / "unused.key"))
+
+
+def test_each_token_has_its_own_id():
+    tokens = Tokens(KEY, 30)
+    first, second = tokens.decode(tokens.issue(ALICE)), tokens.decode(tokens.issue(ALICE))
+    assert first.token_id != second.token_id and len(first.token_id) >= 16
+
+
+def test_a_token_without_an_id_is_refused():
+    """Tokens issued before sign-out could revoke them cannot be revoked: they are refused."""
+    without = {k: v for k, v in claims().items() if k != "jti"}
+    with pytest.raises(InvalidToken, match="MissingRequiredClaimError"):
+        Tokens(KEY, 30).decode(jwt.encode(without, KEY, algorithm="HS256"))
+
+
+def test_signed_out_tokens_stay_revoked_after_a_restart(tmp_path):
+    path = str(tmp_path / "revoked.json")
+    revoked = RevokedTokens(path)
+    revoked.revoke("gone", int(time.time()) + 60)
+    revoked.revoke("old", int(time.time()) - 1)  # expired already: dropped at the next write
+    revoked.revoke("also-gone", int(time.time()) + 60)
+    again = RevokedTokens(path)
+    assert "gone" in again and "also-gone" in again and "old" not in again and "other" not in again
+    assert oct(os.stat(path).st_mode & 0o777) == "0o600"
+
+
+def test_an_unreadable_revocation_list_stops_the_server(tmp_path):
+    path = tmp_path / "revoked.json"
+    path.write_text("{not json")
+    with pytest.raises(RuntimeError, match="unreadable"):
+        RevokedTokens(str(path))

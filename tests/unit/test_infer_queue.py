@@ -176,3 +176,25 @@ def test_inferences_run_nicer_than_the_threads_answering_light_requests():
     here = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     assert asyncio.run(scenario()) == min(19, here + INFER_NICE)
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == here, "the caller's thread was reniced"
+
+
+def test_users_see_only_their_own_requests():
+    """Other clients' ids are addresses or names: a user below admin sees their own and how many others wait."""
+
+    async def scenario():
+        queue, work = InferQueue(["cpu"], capacity=5, wait_s=600, poll_s=0.01), Work()
+        owners = ["anna", "otto", "anna", "otto"]
+        tasks = [asyncio.create_task(queue.run("spleen", f"@10.0.0.{i}", work(f"r{i}"), connected, owner)) for i, owner in enumerate(owners)]
+        await until(lambda: work.running == 1 and len(queue.snapshot()["waiting"]) == 3, "one running, three waiting")
+        anna = queue.snapshot("anna")
+        assert [r["client_id"] for r in anna["running"]] == ["@10.0.0.0"] and [w["client_id"] for w in anna["waiting"]] == ["@10.0.0.2"]
+        assert anna["others_running"] == 0 and anna["others_waiting"] == 2
+        otto = queue.snapshot("otto")
+        assert otto["running"] == [] and [w["client_id"] for w in otto["waiting"]] == ["@10.0.0.1", "@10.0.0.3"]
+        assert otto["others_running"] == 1 and otto["others_waiting"] == 1
+        everyone = queue.snapshot()
+        assert len(everyone["waiting"]) == 3 and "others_waiting" not in everyone
+        work.release.set()
+        await asyncio.gather(*tasks)
+
+    asyncio.run(scenario())

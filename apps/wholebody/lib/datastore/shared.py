@@ -113,6 +113,13 @@ class SharedLocalDatastore(LocalDatastore):
             if self.__dict__.get("_writer") == threading.get_ident():
                 self.__dict__["_written"] = model.model_copy(deep=True)
 
+    def get_image_info(self, image_id: str) -> Dict[str, Any]:
+        """Stock LocalDatastore adds ``path``, where the file lies on the server's disk; the info reaches
+        clients (``/datastore/image/info``, every Next Sample answer), and that path is no client's business."""
+        info = super().get_image_info(image_id)
+        info.pop("path", None)
+        return info
+
     # --- writes: each one transaction; files copied in atomically ---
     def add_image(self, image_id: str, image_filename: str, image_info: Dict[str, Any]) -> str:
         default_id, ext = self._to_id(os.path.basename(image_filename))

@@ -1,10 +1,18 @@
 """MONAI Label's ``/proxy/dicom/...`` (what OHIF at ``/ohif/`` talks to), fixed for a real PACS.
 
-The stock proxy drops the browser's ``Accept`` header on GET. OHIF asks for frames with
+The stock proxy pastes the request's path onto the PACS URL with the server's own PACS credentials:
+``/proxy/dicom/..%2F..%2Fpatients`` (or ``%2e%2e``, or encoded twice) leaves the DICOMweb root and
+reaches the rest of the PACS (Orthanc's REST API: every patient, the configuration, ``tools/shutdown``,
+``tools/execute-script``), since ``requests`` resolves the dot segments. Here only DICOMweb is forwarded:
+the path is decoded until it no longer changes, refused (400) if any segment is made of dots or if it does
+not start at a DICOMweb resource (``studies``, ``series``, ``instances``), and sent re-encoded under the
+configured root; each operation has its method (GET for QIDO-RS and WADO-RS, POST for STOW-RS only).
+
+The stock proxy also drops the browser's ``Accept`` header on GET. OHIF asks for frames with
 ``transfer-syntax=*`` (it decodes JPEG 2000 itself); without the header Orthanc must transcode to
 little endian, which it cannot do for JPEG 2000 without its GDCM plugin: every frame fails with
-HTTP 500 and OHIF shows grey viewports. The stock proxy also runs blocking requests inside the
-event loop, without a timeout, and answers an unreachable PACS with a 500 and a traceback.
+HTTP 500 and OHIF shows grey viewports. And it runs blocking requests inside the event loop, without a
+timeout, and answers an unreachable PACS with a 500 and a traceback.
 
 Installed in front of the stock routes when the server runs on a DICOMweb datastore.
 """
@@ -13,6 +21,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import posixpath
+from urllib.parse import quote, unquote, urlsplit
 
 import anyio
 import requests
@@ -31,8 +41,47 @@ DROPPED_RESPONSE_HEADERS = {"connection", "keep-alive", "transfer-encoding", "co
 # or unreachable PACS holds these for up to its timeout, never the threads that answer saves or /info/.
 PACS_THREADS = 16
 
+# The resources of the DICOMweb standard (QIDO-RS, WADO-RS, STOW-RS) a viewer needs; everything else under a
+# PACS's DICOMweb root (Orthanc's ``servers/`` forwards to other PACSs) or beside it is not the viewer's.
+DICOMWEB_RESOURCES = ("studies", "series", "instances")
+# GET reads (QIDO-RS, WADO-RS); POST stores (STOW-RS), an annotator's right (lib/server/auth/rules.py).
+METHODS = {"qido": ("GET",), "wado": ("GET",), "stow": ("POST",), "": ("GET",)}
+# A path decoded this often and still changing was built to slip past a check.
+MAX_DECODINGS = 3
+# RFC 3986 pchar less '%': what a path segment may hold unencoded.
+SEGMENT_SAFE = "-._~!$&'()*+,;=:@"
 
-def _upstream(op: str, path: str) -> str:
+
+class ProxyPathError(ValueError):
+    """A path the proxy does not forward; the message says why."""
+
+
+def dicomweb_path(path: str) -> str:
+    """``path`` (below ``/proxy/dicom/{op}/``, as the router decoded it once) checked and re-encoded, so the
+    PACS reads exactly the segments checked here."""
+    decoded = path
+    for _ in range(MAX_DECODINGS):
+        once = unquote(decoded)
+        if once == decoded:
+            break
+        decoded = once
+    else:
+        if unquote(decoded) != decoded:
+            raise ProxyPathError(f"the path is percent-encoded more than {MAX_DECODINGS} times")
+    if "\\" in decoded or any(ord(c) < 0x20 or ord(c) == 0x7F for c in decoded):
+        raise ProxyPathError("the path holds a backslash or a control character")
+    segments = decoded.split("/")
+    # '..;x' is '..' to servers that take ';' as a segment parameter.
+    if any(s.split(";")[0].strip(".") == "" and s != "" for s in segments):
+        raise ProxyPathError("a path segment is '.' or '..' (or only dots): the proxy stays inside the PACS's DICOMweb root")
+    if "" in segments:
+        raise ProxyPathError("the path has an empty segment ('//', or a leading or trailing '/')")
+    if segments[0] not in DICOMWEB_RESOURCES:
+        raise ProxyPathError(f"only DICOMweb resources are forwarded ({', '.join(DICOMWEB_RESOURCES)}), not {segments[0][:64]!r}")
+    return "/".join(quote(s, safe=SEGMENT_SAFE) for s in segments)
+
+
+def _root(op: str, path: str) -> str:
     server = settings.MONAI_LABEL_STUDIES.rstrip("/")
     prefix = {
         "wado": settings.MONAI_LABEL_WADO_PREFIX,
@@ -41,7 +90,18 @@ def _upstream(op: str, path: str) -> str:
     }.get(op)
     if path.endswith("metadata") and op == "qido":  # some OHIF versions ask QIDO for metadata
         prefix = settings.MONAI_LABEL_WADO_PREFIX
-    return f"{server}/{prefix}/{path}" if prefix else f"{server}/{path}"
+    return f"{server}/{prefix.strip('/')}" if prefix else server
+
+
+def upstream_url(op: str, path: str) -> str:
+    """The PACS URL for ``/proxy/dicom/{op}/{path}``; raises ProxyPathError for anything outside the root."""
+    root = _root(op, path)
+    url = f"{root}/{dicomweb_path(path)}"
+    # Checked again on the URL as the PACS will see it: under the root once dot segments are resolved.
+    root_path, url_path = urlsplit(root).path.rstrip("/"), urlsplit(url).path
+    if posixpath.normpath(url_path) != url_path or not url_path.startswith(root_path + "/"):
+        raise ProxyPathError("the path leaves the PACS's DICOMweb root")
+    return url
 
 
 def _auth():
@@ -49,17 +109,42 @@ def _auth():
     return (user, password) if user and password else None
 
 
+def _google_bearer() -> dict:
+    """Google Cloud Healthcare: the machine's Google credentials, as the stock proxy sends them."""
+    import google.auth
+    import google.auth.transport.requests
+
+    credentials, _ = google.auth.default(scopes=["https://www.googleapis.com/auth/cloud-platform"])
+    credentials.refresh(google.auth.transport.requests.Request())
+    return {"Authorization": f"Bearer {credentials.token}"}
+
+
 def forward(op: str, path: str, method: str, headers: dict, query: str, body: bytes | None) -> Response:
-    url = _upstream(op, path) + (f"?{query}" if query else "")
+    if method not in METHODS[op]:
+        raise HTTPException(
+            status_code=405,
+            detail=f"{method} is not forwarded to {'/proxy/dicom/' + op if op else '/proxy/dicom'}: "
+            f"{', '.join(METHODS[op])} only (QIDO-RS and WADO-RS read with GET, STOW-RS stores with POST at /proxy/dicom/stow)",
+            headers={"Allow": ", ".join(METHODS[op])},
+        )
+    try:
+        url = upstream_url(op, path) + (f"?{query}" if query else "")
+    except ProxyPathError as e:
+        raise HTTPException(status_code=400, detail=f"not forwarded to the PACS: {e}") from None
     sent = {k: v for k, v in headers.items() if k.lower() in REQUEST_HEADERS}
+    auth = _auth()
+    if "googleapis.com" in settings.MONAI_LABEL_STUDIES:
+        sent.update(_google_bearer())
+        auth = None
     try:
         upstream = requests.request(
             method,
             url,
             headers=sent,
             data=body,
-            auth=_auth(),
+            auth=auth,
             timeout=(10, max(30.0, settings.MONAI_LABEL_DICOMWEB_PROXY_TIMEOUT)),
+            allow_redirects=False,  # a redirect would be followed with the PACS credentials, wherever it points
         )
     except (requests.ConnectionError, requests.Timeout) as e:
         raise HTTPException(
@@ -74,7 +159,8 @@ def forward(op: str, path: str, method: str, headers: dict, query: str, body: by
 
 
 def install(app: FastAPI) -> None:
-    """Puts the proxy routes in front of MONAI Label's own (first match wins)."""
+    """Puts the proxy routes in front of MONAI Label's own (first match wins). Each takes GET and POST, as the
+    stock routes behind it do, so that a method refused here is refused here, never answered by the stock proxy."""
 
     pacs_threads = anyio.CapacityLimiter(PACS_THREADS)
 
@@ -96,4 +182,4 @@ def install(app: FastAPI) -> None:
         return
     app.router.routes[0:0] = routes
     app.state.wholebody_dicomweb_proxy = True
-    logger.info("DICOMweb proxy for OHIF: forwards Accept (transfer-syntax=*), 503 when the PACS is down")
+    logger.info("DICOMweb proxy for OHIF: DICOMweb resources only, forwards Accept (transfer-syntax=*), 503 when the PACS is down")

@@ -74,6 +74,7 @@ class Ticket:
     model: str
     client_id: str
     arrived: float  # time.monotonic()
+    owner: str | None = None  # the signed-in user who asked (None without accounts)
     started: float | None = None
     device: str | None = None
     turn: asyncio.Future | None = field(default=None, repr=False)
@@ -105,9 +106,11 @@ class InferQueue:
     def workers(self) -> int:
         return len(self.devices)
 
-    async def run(self, model: str, client_id: str, work: Callable[[str], T], disconnected: Callable[[], Awaitable[bool]]) -> T:
+    async def run(
+        self, model: str, client_id: str, work: Callable[[str], T], disconnected: Callable[[], Awaitable[bool]], owner: str | None = None
+    ) -> T:
         """``work(device)`` in a worker thread once a worker is free; raises 503 or drops the request as above."""
-        ticket = Ticket(next(self._numbers), model, client_id, time.monotonic())
+        ticket = Ticket(next(self._numbers), model, client_id, time.monotonic(), owner)
         self._admit(ticket)
         try:
             if ticket.started is None:
@@ -129,17 +132,18 @@ class InferQueue:
         future.add_done_callback(lambda done: self._finished(ticket, done))
         return await asyncio.shield(future)
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self, owner: str | None = None) -> dict[str, Any]:
+        """Every request, or with ``owner`` only that user's: others' client ids and addresses are theirs
+        (how many run and wait ahead of one's own still shows)."""
         now = time.monotonic()
-        return {
-            "workers": self.workers,
-            "devices": self.devices,
-            "capacity": self.capacity,
-            "wait_s": self.wait_s,
-            "running": [t.describe(now) for t in self._running],
-            "waiting": [t.describe(now) for t in self._waiting],
-            "counts": dict(self._counts),
-        }
+        answer = {"workers": self.workers, "devices": self.devices, "capacity": self.capacity, "wait_s": self.wait_s}
+        for state, tickets in (("running", self._running), ("waiting", self._waiting)):
+            shown = [t for t in tickets if owner is None or t.owner == owner]
+            answer[state] = [t.describe(now) for t in shown]
+            if owner is not None:
+                answer[f"others_{state}"] = len(tickets) - len(shown)
+        answer["counts"] = dict(self._counts)
+        return answer
 
     # --- all below runs on the event loop: no lock needed ---
     def _admit(self, ticket: Ticket) -> None:

@@ -68,6 +68,13 @@ def check_client_id(value: Any) -> None:
 
 
 def _infer(kwargs: dict) -> None:
+    session_id = kwargs.get("session_id")
+    if session_id:
+        from monailabel.interfaces.utils.app import app_instance
+
+        sessions = app_instance().sessions()
+        if sessions is None or sessions.get_session(session_id, update_ts=False) is None:
+            raise HTTPException(404, f"session {shown(session_id)} not found (sessions are their creator's, and expire)")
     if kwargs.get("label") is not None:
         raise ConfError("no model here takes an uploaded 'label' file: send the image ('file', 'image' or 'session_id')")
     if kwargs.get("output") == infer.ResultType.dicom_seg:

@@ -40,6 +40,8 @@ from monailabel.endpoints import (
 )
 from monailabel.endpoints.user.auth import RBAC, User
 
+from lib.server.auth.context import requester, signed_in_user
+from lib.server.auth.roles import ADMIN, allows
 from lib.server.infer_queue import InferQueue
 from lib.server.request_checks import check_request
 
@@ -83,7 +85,8 @@ def queued(
     async def run(request: Request, **kwargs):
         check_request(endpoint, kwargs)  # cheap: before the request waits for a worker
         model_name, client_id = kwargs.get("model", ""), _client_id(request, kwargs.get("params"))
-        return await queue.run(model_name, client_id, lambda device: finish(endpoint(**on_device(kwargs, device))), request.is_disconnected)
+        work = lambda device: finish(endpoint(**on_device(kwargs, device)))  # noqa: E731
+        return await queue.run(model_name, client_id, work, request.is_disconnected, signed_in_user())
 
     request_parameter = inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request)
     run.__signature__ = signature.replace(parameters=[request_parameter, *signature.parameters.values()])
@@ -119,16 +122,19 @@ def _unchanged(kwargs: dict, device: str) -> dict:
     return kwargs
 
 
-def _route(path: str, endpoint: Callable[..., Any], methods, **described) -> APIRoute:
-    """Every route the request layer adds is made here: the one place for a check that applies to all
-    endpoints (a role per endpoint)."""
-    return APIRoute(settings.MONAI_LABEL_API_STR + path, endpoint, methods=methods, **described)
+def _route(app: FastAPI, path: str, endpoint: Callable[..., Any], methods, **described) -> APIRoute:
+    """Every route the request layer adds is made here: the one place for what applies to all endpoints.
+    A route built outside ``app.router`` resolves its dependencies with the app's overrides only when told
+    where they are: without them MONAI Label's user dependency names its default "admin" (who updated a
+    label's info, in the datastore and the log) instead of the signed-in user."""
+    return APIRoute(settings.MONAI_LABEL_API_STR + path, endpoint, methods=methods, dependency_overrides_provider=app, **described)
 
 
-def _in_front_of(route: APIRoute, endpoint: Callable[..., Any]) -> APIRoute:
+def _in_front_of(app: FastAPI, route: APIRoute, endpoint: Callable[..., Any]) -> APIRoute:
     """Same URL and description as ``route``, answered by ``endpoint``. The stock route stays in the OpenAPI
     schema (same parameters); it is never reached."""
     return _route(
+        app,
         route.path,
         endpoint,
         route.methods,
@@ -154,13 +160,15 @@ def install(app: FastAPI, queue: InferQueue) -> None:
             if not isinstance(route, APIRoute):
                 continue
             on_device = queued_endpoints.get(route.endpoint)
-            front.append(_in_front_of(route, queued(route.endpoint, queue, on_device) if on_device else threaded(route.endpoint)))
+            front.append(_in_front_of(app, route, queued(route.endpoint, queue, on_device) if on_device else threaded(route.endpoint)))
 
     async def queue_status(user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))):
-        """Running and waiting inference requests: model, client id, age (s); the queue's size and counts."""
-        return queue.snapshot()
+        """Running and waiting inference requests: model, client id, age (s); the queue's size and counts.
+        A signed-in user below admin sees only their own requests, and how many others run and wait."""
+        current = requester()
+        return queue.snapshot(None if current is None or allows(current.roles, ADMIN) else current.username)
 
-    front.append(_route("/queue/", queue_status, ["GET"], tags=["Infer"], summary=f"{RBAC_USER}Inference queue: running and waiting requests"))
+    front.append(_route(app, "/queue/", queue_status, ["GET"], tags=["Infer"], summary=f"{RBAC_USER}Inference queue: running and waiting requests"))
     app.router.routes[0:0] = front
     logger.info(
         f"Requests off the event loop: {len(front)} routes; inference queue: {queue.workers} worker(s) on {queue.devices}, "

@@ -23,7 +23,8 @@ from starlette._utils import get_route_path
 from starlette.requests import Request
 
 from lib.server.auth.audit import AuditLog
-from lib.server.auth.context import reset_signed_in_user, set_signed_in_user
+from lib.server.auth.context import Requester, reset_requester, set_requester
+from lib.server.auth.revoked import RevokedTokens
 from lib.server.auth.roles import allows
 from lib.server.auth.rules import PUBLIC, SIGNED_IN, rule_for
 from lib.server.auth.tokens import InvalidToken, Tokens
@@ -37,20 +38,34 @@ PUBLIC_BODY_LIMIT = 16 * 1024  # a sign-in form; anonymous clients get no more b
 
 
 class SignedIn:
-    """Accounts and the tokens that prove who signed in; None in AccessCheck where accounts are off."""
+    """Accounts, the tokens that prove who signed in, and those signed out before their expiry; None in
+    AccessCheck where accounts are off."""
 
-    def __init__(self, accounts: Accounts, tokens: Tokens):
+    def __init__(self, accounts: Accounts, tokens: Tokens, revoked: RevokedTokens):
         self.accounts = accounts
         self.tokens = tokens
+        self.revoked = revoked
 
     def account(self, token: Optional[str]) -> Account:
         if not token:
             raise InvalidToken("not signed in: get a token from POST /auth/token (or sign in at /login in a browser)")
         claims = self.tokens.decode(token)
+        if claims.token_id in self.revoked:
+            raise InvalidToken("this token was signed out: sign in again")
         account = self.accounts.get(claims.username)
         if account is None or account.password_version != claims.password_version:
             raise InvalidToken("the account was removed or its password changed: sign in again")
         return account
+
+    def sign_out(self, token: Optional[str]) -> Optional[str]:
+        """Revokes a valid token; the user it was for, or None for no or an invalid token."""
+        try:
+            account = self.account(token)
+        except InvalidToken:
+            return None
+        claims = self.tokens.decode(token)
+        self.revoked.revoke(claims.token_id, claims.expires)
+        return account.username
 
 
 def credentials(request: Request) -> tuple[Optional[str], Optional[str]]:
@@ -104,17 +119,17 @@ class AccessCheck:
         token, via = credentials(request) if self.signed_in else (None, None)
 
         refusal = self._foreign_origin(request, method, via)
-        username = None
+        username, signed = None, None
         if refusal is None and self.signed_in and rule.role != PUBLIC:
             try:
                 account = self.signed_in.account(token)
             except InvalidToken as e:
                 return await self._not_signed_in(request, str(e), via)(scope, receive, send)
-            username = account.username
+            username, signed = account.username, Requester(account.username, tuple(account.roles))
             if rule.role != SIGNED_IN and not allows(account.roles, rule.role):
-                where = template or f"{method} {path}, which has no access rule,"
+                where = f"{method} {template}" if template else f"{method} {path[:200]} (a route with no access rule)"
                 refusal = JSONResponse(
-                    {"detail": f'role "{rule.role}" is required for {method} {where}; {username} has {", ".join(account.roles)}'},
+                    {"detail": f'role "{rule.role}" is required for {where}; {username} has {", ".join(account.roles)}'},
                     status_code=403,
                 )
         if refusal is not None:
@@ -128,7 +143,7 @@ class AccessCheck:
             receive = _replay(body, receive)
 
         scope.setdefault("state", {})["user"] = username
-        context = set_signed_in_user(username)
+        context = set_requester(signed)
         answered = {}
 
         async def send_noting_status(message):
@@ -137,12 +152,12 @@ class AccessCheck:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_noting_status if rule.audit else send)
+            await self.app(scope, receive, send_noting_status)
         finally:
-            reset_signed_in_user(context)
-            if rule.audit:
+            reset_requester(context)
+            for event in ([rule.audit] if rule.audit else []) + (signed.events if signed else []):
                 query = dict(request.query_params)
-                self.audit.record(rule.audit, username, address, method=method, path=path, query=query, status=answered.get("status", 500))
+                self.audit.record(event, username, address, method=method, path=path, query=query, status=answered.get("status", 500))
 
     def _foreign_origin(self, request: Request, method: str, via: Optional[str]) -> Optional[JSONResponse]:
         """Cross-site request forgery: a browser request that changes something must come from our

@@ -8,6 +8,8 @@ Options (``--conf``):
 - ``auth_key_file`` (``<model_dir>/auth_token.key``): the token signing key, generated if missing
   (or ``WHOLEBODY_AUTH_KEY`` in the environment);
 - ``cors_origins``: other origins whose pages may call the server (none by default);
+- ``trusted_proxies``: reverse proxies whose ``X-Forwarded-For``/``-Proto`` are believed (none by
+  default, loopback included: ``forwarded.py``);
 - ``audit_log`` (``<model_dir>/audit.jsonl``): the audit log;
 - ``login_max_failures`` (5) per user and ``login_max_failures_per_address`` (20) failed sign-ins
   within ``login_window_minutes`` (15) before 429; ``login_delay_seconds`` (0.5): the first
@@ -27,10 +29,11 @@ from monailabel.config import settings
 from starlette.middleware import Middleware
 
 from lib.conf import Conf, ConfError
-from lib.server.auth import attribution, cors, routes
+from lib.server.auth import attribution, cors, forwarded, routes
 from lib.server.auth.access import AccessCheck, SignedIn
 from lib.server.auth.audit import AuditLog
 from lib.server.auth.exposure import ExposedWithoutAccounts, is_loopback, listen_host, refusal
+from lib.server.auth.revoked import RevokedTokens
 from lib.server.auth.throttle import LoginThrottle
 from lib.server.auth.tokens import Tokens, load_key
 from lib.server.auth.users import Accounts
@@ -41,7 +44,8 @@ logger = logging.getLogger(__name__)
 def _accounts(options: Conf, users_file: str, model_dir: str) -> tuple[SignedIn, LoginThrottle]:
     minutes = options.float("auth_token_minutes", 480.0, low=1.0, high=60.0 * 24 * 30)
     key = load_key(options.path("auth_key_file", os.path.join(model_dir, "auth_token.key")))
-    signed_in = SignedIn(Accounts(users_file), Tokens(key, minutes))
+    revoked = RevokedTokens(os.path.join(model_dir, "revoked_tokens.json"))
+    signed_in = SignedIn(Accounts(users_file), Tokens(key, minutes), revoked)
     throttle = LoginThrottle(
         per_user=options.int("login_max_failures", 5, minimum=1),
         per_address=options.int("login_max_failures_per_address", 20, minimum=1),
@@ -84,6 +88,7 @@ def install(app: FastAPI, options: Conf, model_dir: str) -> None:
     mode, host = access_mode(options), listen_host()
     audit = AuditLog(options.path("audit_log", os.path.join(model_dir, "audit.jsonl")))
     origins = cors.allowed_origins(options)
+    proxies = forwarded.install(options)
     signed_in = None
     if mode == "accounts":
         signed_in, throttle = _accounts(options, options.path("auth_users", ""), model_dir)
@@ -94,7 +99,10 @@ def install(app: FastAPI, options: Conf, model_dir: str) -> None:
             f"--conf auth none: NO ACCOUNTS on {host or 'an unknown address'}: anyone who can reach this server can "
             "read every study, change or delete every label and start training"
         )
-    logger.info(f"Access: {mode}; audit log {audit.path}; CORS origins: {origins or 'none but our own pages'}")
+    logger.info(
+        f"Access: {mode}; audit log {audit.path}; CORS origins: {origins or 'none but our own pages'}; "
+        f"X-Forwarded-For believed from: {', '.join(proxies) or 'nobody'}"
+    )
 
     app.user_middleware[:] = [m for m in app.user_middleware if m.cls is not AccessCheck]
     place = cors.install(app, origins)

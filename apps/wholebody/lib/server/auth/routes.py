@@ -7,7 +7,8 @@ page that gives a browser (OHIF at ``/ohif/``) a session cookie.
 - ``GET /auth/token/valid``: the signed-in user (401 when the token is not valid);
 - ``GET /login``, ``POST /login``: the page and its form; on success the token goes into an
   HttpOnly, SameSite=Strict cookie (Secure on https) and the browser goes on to ``next``;
-- ``GET`` or ``POST /logout``: the cookie is cleared.
+- ``GET`` or ``POST /logout``: the session's token (cookie, or ``Authorization: Bearer``) is revoked on
+  the server (``revoked.py``) and the cookie cleared.
 """
 
 from __future__ import annotations
@@ -27,11 +28,10 @@ from monailabel.config import settings
 from monailabel.endpoints.user.auth import Token, User
 from starlette.concurrency import run_in_threadpool
 
-from lib.server.auth.access import SESSION_COOKIE, SignedIn
+from lib.server.auth.access import SESSION_COOKIE, SignedIn, credentials
 from lib.server.auth.audit import AuditLog
 from lib.server.auth.roles import granted
 from lib.server.auth.throttle import LoginThrottle
-from lib.server.auth.tokens import InvalidToken
 from lib.server.auth.users import Account
 
 PAGE = Template((Path(__file__).parent / "login_page.html").read_text())
@@ -124,12 +124,13 @@ def install(app: FastAPI, signed_in: SignedIn, throttle: LoginThrottle, audit: A
 
     @router.api_route("/logout", methods=["GET", "POST"], include_in_schema=False)
     async def logout(request: Request):
-        try:
-            who = signed_in.account(request.cookies.get(SESSION_COOKIE)).username
-        except InvalidToken:
-            who = None
-        if who:
-            audit.record("logout", who, request.client.host if request.client else None)
+        """Ends the browser's session (its cookie) and, sent with ``Authorization: Bearer``, that token: both
+        are refused from now on, wherever a copy of them is."""
+        bearer, via = credentials(request)
+        for token in {request.cookies.get(SESSION_COOKIE), bearer if via == "bearer" else None} - {None}:
+            who = signed_in.sign_out(token)
+            if who:
+                audit.record("logout", who, request.client.host if request.client else None)
         answer = RedirectResponse("/login", status_code=303)
         answer.delete_cookie(SESSION_COOKIE, path="/")
         return answer

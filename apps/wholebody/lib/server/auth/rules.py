@@ -1,8 +1,9 @@
 """The role each route of the server needs, and the routes the audit log records.
 
-Every route has an entry, as MONAI Label's RBAC names them: reading and inference need a user,
-saving labels an annotator, deleting labels a reviewer; training, scoring, batch jobs, model
-files, deleting studies or decoder heads need an admin. A request no entry matches answers only
+Every route has an entry, as MONAI Label's RBAC names them: reading and inference need a user;
+saving labels (also an inference result saved with ``save_label``, checked where the parameter is
+read: ``PARAMETER_WRITES`` below) and asking for the next study an annotator; deleting labels a
+reviewer; training, scoring, batch jobs, model files, deleting studies or decoder heads an admin. A request no entry matches answers only
 to an admin, and ``tests/unit/test_auth_rules.py`` fails for any route of the app without an
 entry: a new route cannot slip through unprotected.
 """
@@ -46,7 +47,6 @@ def _rules() -> dict[tuple[str, str], Rule]:
         ("POST", "/infer/{model}"): Rule(USER),
         ("POST", "/infer/wsi/{model}"): Rule(USER),
         ("POST", "/infer/wsi_v2/{model}"): Rule(USER),
-        ("POST", "/activelearning/{strategy}"): Rule(USER),
         ("GET", "/train/"): Rule(USER),
         ("GET", "/scoring/"): Rule(USER),
         ("GET", "/batch/infer"): Rule(USER),
@@ -61,6 +61,8 @@ def _rules() -> dict[tuple[str, str], Rule]:
         ("PUT", "/session/"): Rule(USER),
         ("GET", "/session/{session_id}"): Rule(USER),
         ("DELETE", "/session/{session_id}"): Rule(USER),
+        # Next Sample hands a study out for annotation (held from others, recorded in its info).
+        ("POST", "/activelearning/{strategy}"): Rule(ANNOTATOR, "next_sample"),
         ("PUT", "/datastore/"): Rule(ANNOTATOR, "upload_image"),
         ("PUT", "/datastore/image"): Rule(ANNOTATOR, "upload_image"),
         ("PUT", "/datastore/image/info"): Rule(ANNOTATOR, "update_image_info"),
@@ -104,6 +106,16 @@ def _rules() -> dict[tuple[str, str], Rule]:
 
 RULES = _rules()
 UNLISTED = Rule(ADMIN)
+
+# Writes that a request's parameters decide, on routes whose own rule is lower, checked where the parameter
+# is read (``context.require_for_write``). ``tests/unit/test_auth_rules.py`` lists every route below the
+# annotator's that changes something, with what it may write, so a new one cannot slip through either.
+SAVE_INFERENCE_RESULT = Rule(ANNOTATOR, "save_label")
+PARAMETER_WRITES = {
+    ("POST", "/infer/{model}"): {"save_label": SAVE_INFERENCE_RESULT},
+    ("POST", "/infer/wsi/{model}"): {"save_label": SAVE_INFERENCE_RESULT},
+    ("POST", "/infer/wsi_v2/{model}"): {"save_label": SAVE_INFERENCE_RESULT},
+}
 
 _STRICTNESS = {PUBLIC: -2, SIGNED_IN: -1, **RANK}
 

@@ -3,7 +3,8 @@
 The key comes from the environment (``WHOLEBODY_AUTH_KEY``) or a file (``--conf auth_key_file``);
 a missing file is generated once, mode 0600. The key is never logged. Decoding accepts HS256
 only, so a token that says ``alg: none`` (or any other algorithm) is refused, as are an expired
-one and one whose signature does not match.
+one and one whose signature does not match. Each token has a random id (``jti``) by which signing out
+revokes it (``revoked.py``).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class Claims:
     username: str
     password_version: str
     expires: int
+    token_id: str
 
 
 def load_key(path: str) -> bytes:
@@ -80,6 +82,7 @@ class Tokens:
             "iss": ISSUER,
             "iat": now,
             "exp": now + self.seconds,
+            "jti": secrets.token_urlsafe(16),
         }
         return jwt.encode(claims, self._key, algorithm=ALGORITHM)
 
@@ -90,10 +93,10 @@ class Tokens:
                 self._key,
                 algorithms=[ALGORITHM],
                 issuer=ISSUER,
-                options={"require": ["sub", "exp", "iat", "iss", "pwv"]},
+                options={"require": ["sub", "exp", "iat", "iss", "pwv", "jti"]},
             )
         except jwt.ExpiredSignatureError:
             raise InvalidToken("the token has expired: sign in again") from None
         except jwt.InvalidTokenError as e:
             raise InvalidToken(f"the token is not valid ({type(e).__name__})") from None
-        return Claims(str(claims["sub"]), str(claims["pwv"]), int(claims["exp"]))
+        return Claims(str(claims["sub"]), str(claims["pwv"]), int(claims["exp"]), str(claims["jti"]))
