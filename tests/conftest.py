@@ -68,6 +68,18 @@ def wait_for(predicate, timeout: float, interval: float = 0.5):
         time.sleep(interval)
 
 
+def correction_record(url: str, study: str, timeout: float = 60) -> dict:
+    """The correction record of a study's saved final label, as ``/datastore/?output=all`` shows it once
+    the server has computed it (after answering the save)."""
+    import requests
+
+    def found():
+        objects = requests.get(f"{url}/datastore/", params={"output": "all"}, timeout=30).json()["objects"]
+        return ((objects[study]["labels"].get("final") or {}).get("info") or {}).get("corrections")
+
+    return wait_for(found, timeout)
+
+
 def wait_for_training(client, timeout: float = 1200) -> dict:
     """Polls a MONAI Label training task through the Slicer client until it ends."""
     start = time.time()

@@ -22,6 +22,7 @@ from lib.activelearning.handout import Exclusive, Handouts
 from lib.activelearning.random_strategy import Random
 from lib.batch.server_task import StudyBatchInfer
 from lib.conf import Conf, ConfError, as_bool
+from lib.corrections.hooks import LearningLoop
 from lib.datastore.image_check import DEFAULT_MAX_VOXELS, check_ct_file
 from lib.datastore.local import CheckedLocalDatastore
 from lib.datastore.sessions import CheckedSessions
@@ -76,6 +77,8 @@ class WholeBodyApp(MONAILabelApp):
         self.max_upload_mb = self.options.int("max_upload_mb", 2048, minimum=1)
         self.max_voxels = self.options.int("max_voxels", DEFAULT_MAX_VOXELS, minimum=8)
         self.upload_dir = self.options.path("upload_dir", os.path.join(self.model_dir, "uploads"))
+        # Correction records, model versions and their report (lib/corrections/, lib/versions/).
+        self.learning_loop = LearningLoop()
 
         super().__init__(
             app_dir=app_dir,
@@ -132,6 +135,7 @@ class WholeBodyApp(MONAILabelApp):
         label's info too) and whether it reached the PACS or waits for it."""
         answer = super().on_save_label(image_id, label_id) or {}
         answer.update(self._segment_mapping(image_id))
+        self.learning_loop.saved(self, image_id)  # before the hand-out, whose time it reads, is released
         self._release_handout(image_id)  # active learning: the study is free for others again
         upload_status = getattr(self.datastore(), "upload_status", None)
         if upload_status:
@@ -221,6 +225,7 @@ class WholeBodyApp(MONAILabelApp):
         from monailabel.app import app as fastapi_app
 
         from lib.batch import server_request as batch_requests
+        from lib.corrections import hooks as learning_loop
         from lib.heads import routes as head_routes
         from lib.server import body_limit, routes, scoring_requests, train_requests, training_runs, unserved
         from lib.server import errors as http_errors
@@ -234,6 +239,7 @@ class WholeBodyApp(MONAILabelApp):
         scoring_requests.install(self)
         training_runs.install()
         batch_requests.install(self)
+        learning_loop.install(fastapi_app, self)
         if not self.inline_requests:
             routes.install(fastapi_app, InferQueue(worker_devices(self.infer_workers), self.infer_queue, self.infer_wait_s))
         unserved.install(fastapi_app, self)  # in front of the request layer's routes
@@ -259,6 +265,8 @@ class WholeBodyApp(MONAILabelApp):
                 raise NotFoundError(f"image '{image}' not found in the datastore")
             stored = True
         result = super().infer({**request, "save_label": False}, datastore)
+        if stored:  # the prediction an annotator of this study starts from
+            self.learning_loop.served(self, image, request, result)
         if save and stored and result.get("file") and os.path.exists(result["file"]):
             result["label"], result["tag"] = self._save_result(image, request, result, datastore or self.datastore())
         return result

@@ -289,6 +289,22 @@ def test_signing_out_ends_the_token(server):
     assert after.status_code == 401 and "signed out" in after.json()["detail"]
 
 
+def test_model_versions_and_report_roles(server):
+    token = {n: requests.post(f"{server.url}/auth/token", data={"username": n, "password": USERS[n][0]}, timeout=30).json()["access_token"] for n in ("anna", "adam")}
+    assert requests.get(f"{server.url}/versions/", headers=bearer(token["anna"]), timeout=30).status_code == 200
+    for method in ("put", "delete"):
+        path = "pin/1" if method == "put" else "pin"
+        refused = requests.request(method, f"{server.url}/versions/wholebody_lowres/{path}", headers=bearer(token["anna"]), timeout=30)
+        assert refused.status_code == 403, (method, refused.text)
+    assert requests.get(f"{server.url}/corrections/report", headers=bearer(token["anna"]), timeout=30).status_code == 403
+    # The admin passes the role check and is told why nothing was pinned; the attempt is in the audit log.
+    answer = requests.put(f"{server.url}/versions/wholebody_lowres/pin/1", headers=bearer(token["adam"]), timeout=30)
+    assert answer.status_code == 422 and "has no version 1" in answer.json()["detail"]
+    assert ("pin_version", "adam") in [(r["event"], r["user"]) for r in audit(server)]
+    report = requests.get(f"{server.url}/corrections/report", headers=bearer(token["adam"]), timeout=30)
+    assert report.status_code == 200 and isinstance(report.json(), dict)
+
+
 def test_login_throttling(server):
     """Last in the module: it uses up this address's failed sign-ins."""
     before = len(audit(server))

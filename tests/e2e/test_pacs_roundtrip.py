@@ -19,6 +19,7 @@ from conftest import (
     PACS_SERIES,
     ROOT,
     SHARED,
+    correction_record,
     free_port,
     retrieve_segs,
     series_uids,
@@ -209,6 +210,14 @@ def test_orthanc_roundtrip_infer_save_seg_and_pacs_outage(orthanc, pacs_tools, s
     assert r.json()["pacs"]["status"] == "pending" and "kept on this server" in r.json()["pacs"]["detail"], r.json()
     stats = requests.get(f"{server.url}/datastore/", params={"output": "stats"}, timeout=60).json()
     assert stats["pacs"]["reachable"] is False and stats["pacs"]["pending_uploads"] == 1, stats
+    # The record of this correction is the one a Slicer save gets: against the wholebody prediction served
+    # (the save names the model; spleen answered later), each structure's voxels in the erased half removed.
+    served = sitk.GetArrayFromImage(label)
+    removed = {by_value[v]: int((served[:, :, :256] == v).sum()) for v in present}
+    record = correction_record(server.url, series_uid)
+    assert record["model"] == "wholebody" and record["edited"] == sorted(n for n, k in removed.items() if k)
+    assert record["accepted"] == sorted(n for n, k in removed.items() if not k)
+    assert {n: (e["removed"], e["added"]) for n, e in record["structures"].items()} == {n: (k, 0) for n, k in removed.items()}
 
     # ... and reaches the PACS when it is back (same storage, same port).
     orthanc.start()

@@ -3,10 +3,13 @@ does not exist: a route added without a rule fails here instead of answering any
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 from fastapi.routing import iter_route_contexts
 from starlette.routing import Mount
 
+from lib.corrections import hooks as learning_loop
 from lib.heads import routes as head_routes
 from lib.pacs import proxy
 from lib.server import routes as request_routes
@@ -53,6 +56,7 @@ def server_routes(tmp_path_factory) -> set[tuple[str, str]]:
     write(str(users), {"admin": Account("admin", hash_password("password-1"), (ADMIN,))})
     signed_in = SignedIn(Accounts(str(users)), Tokens(b"k" * 32, 1.0), RevokedTokens(str(folder / "revoked.json")))
     head_routes.install(app, {})
+    learning_loop.install(app, SimpleNamespace(_infers={}))
     proxy.install(app)
     request_routes.install(app, InferQueue(["cpu"], capacity=1, wait_s=1.0))
     auth_routes.install(app, signed_in, LoginThrottle(5, 20, 15, 0.5), AuditLog(str(folder / "audit.jsonl")))

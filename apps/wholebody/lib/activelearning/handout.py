@@ -77,6 +77,13 @@ class Handouts:
             self._expire()
             return {i for i, (c, _) in self._held.items() if c != client_id}
 
+    def handed_out_at(self, image_id: str) -> float | None:
+        """When the study was handed out, while the hand-out holds (correction records time from it)."""
+        with self.lock:
+            self._expire()
+            held = self._held.get(image_id)
+            return held[1] if held else None
+
     def release(self, image_id: str) -> None:
         with self.lock:
             if self._held.pop(image_id, None):

@@ -19,7 +19,8 @@ from lib.trainers.partial_label_loss import PartialLabelDiceCELoss
 from lib.trainers.per_class_dice import PerClassDice
 from lib.trainers.publishing import PublishingTrainTask
 from lib.transforms.partial_labels import LayersToMultiHotd, PartialLabelsd
-from lib.weights.checkpoints import load_state_dict, save_atomically
+from lib.versions.publishing import publish_version
+from lib.weights.checkpoints import load_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,8 @@ class CTSegmentationTrainer(PublishingTrainTask):
     def __call__(self, request, datastore):
         official, trained = self.paths(request)
         self._publish_to = trained
+        self._version, self._published_mtime = None, 0.0  # this run's model version, made when it first publishes
+        self._trainer_name = str(request.get("model") or self.description)
         self._start_from = trained if os.path.exists(trained) else official
         return super().__call__(request, datastore)
 
@@ -126,10 +129,12 @@ class CTSegmentationTrainer(PublishingTrainTask):
         return [*(super().val_handlers(context) or []), PerClassDice(self._channels)]
 
     def _publish(self, context: Context) -> str | None:
-        # The infer task reloads when the published file's mtime changes: write it atomically.
+        """The run's best checkpoint as its model version (lib/versions/), served unless a version is pinned."""
         best = os.path.join(context.output_dir, self._key_metric_filename)
-        if os.path.exists(best) and (not os.path.exists(self._publish_to) or os.path.getmtime(best) > os.path.getmtime(self._publish_to)):
-            save_atomically(load_state_dict(best), self._publish_to)
-            logger.info(f"Published {best} -> {self._publish_to}")
-            return self._publish_to
-        return None
+        if not os.path.exists(best) or os.path.getmtime(best) <= self._published_mtime:
+            return None
+        self._published_mtime = os.path.getmtime(best)
+        number = publish_version(self._publish_to, self._version, load_state_dict(best), context, self._trainer_name, self._studies)
+        self._version = number
+        logger.info(f"Published {best} -> {self._publish_to} as version {number}")
+        return self._publish_to

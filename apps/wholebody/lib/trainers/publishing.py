@@ -117,6 +117,7 @@ class PublishingTrainTask(BasicTrainTask):
     # ------------------------------------------------------------------ training
     def train(self, rank, world_size, request, datalist):
         self._skipped = SkippedStudies()
+        self._studies = [self.image_id(item) for item in datalist]  # what a published model version was trained on
         try:
             return super().train(rank, world_size, request, datalist)
         except Exception as e:

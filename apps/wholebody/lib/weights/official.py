@@ -8,6 +8,7 @@ import threading
 from typing import Any
 
 from lib.conf import Conf
+from lib.versions.store import VersionStore
 from lib.weights.download import DEFAULT_BASE_URL, OFFICIAL_WEIGHTS, ensure_weights
 
 logger = logging.getLogger(__name__)
@@ -31,6 +32,8 @@ class OfficialCheckpoint:
         override = conf.raw(PATH_OPTIONS[key])
         self.path = os.path.abspath(override) if override else os.path.join(model_dir, self.entry.relative_path)
         self.trained_path = trained_path
+        # Every training run that publishes is a version (lib/versions/); the trained file is the one served.
+        self.versions = VersionStore(trained_path, keep=conf.int("max_model_versions", 10, minimum=2))
         self._model_dir = model_dir
         self._base_url = conf.raw("weights_url", DEFAULT_BASE_URL)
         self._download = conf.bool("download_weights", True) and not override
@@ -60,8 +63,10 @@ class OfficialCheckpoint:
     def status(self) -> dict[str, Any]:
         official = os.path.exists(self.path)
         trained = os.path.exists(self.trained_path)
+        version = self.versions.state()
         if trained:
-            message = f"using weights trained here: {self.trained_path}"
+            number = f" (version {version['serving']}{', pinned' if version['pinned'] else ''})" if version["serving"] else ""
+            message = f"using weights trained here{number}: {self.trained_path}"
         elif official:
             message = f"using official weights: {self.path}"
         elif self._thread and self._thread.is_alive():
@@ -75,5 +80,6 @@ class OfficialCheckpoint:
             "official": self.path,
             "trained": self.trained_path,
             "untrained": not (official or trained),
+            "version": version,
             "message": message,
         }
