@@ -32,11 +32,12 @@ class MaskedSlidingWindowInferer(SlidingWindowInferer):
 
     def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any):
         self.windows = {"run": 0, "skipped": 0}
-        if self.window_mask is None:
-            return super().__call__(inputs, network, *args, **kwargs)
+        window_mask = self.window_mask
+        if window_mask is None:  # every window runs, counted as with a mask
+            window_mask = torch.ones((inputs.shape[0], 1, *inputs.shape[2:]), dtype=torch.bool)
         roi = fall_back_tuple(self.roi_size, inputs.shape[2:])
         pad = roi_padding(inputs.shape[2:], roi)  # MONAI's windows index the padded image; padding holds no body
-        mask = F.pad(self.window_mask.to(torch.uint8), pad).to(torch.bool) if any(pad) else self.window_mask.to(torch.bool)
+        mask = F.pad(window_mask.to(torch.uint8), pad).to(torch.bool) if any(pad) else window_mask.to(torch.bool)
         self.with_coord = True
         try:
             masked = _MaskedWindows(network, mask, self.out_channels, self.windows)
