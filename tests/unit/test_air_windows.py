@@ -8,6 +8,7 @@ from monai.data.utils import dense_patch_slices
 from monai.inferers import SlidingWindowInferer
 from monai.inferers.utils import _get_scan_interval
 
+from lib.heads.merge import MergedArgmax
 from lib.inferers.masked_sliding_window import MaskedSlidingWindowInferer
 from lib.inferers.streaming_argmax import StreamingArgmaxInferer
 from lib.transforms.body_mask import BODY_MASK_KEY, BodyMaskd, body_mask
@@ -148,3 +149,20 @@ def test_monai_averaging_inferer_keeps_its_output_on_the_mask_and_pads_the_mask_
     assert (labels[hu.shape[0] - 5 :, 100:, :] == 0).all(), "far air: only skipped windows, background"
     plain = MaskedSlidingWindowInferer(**args, out_channels=2)(image, net)
     assert torch.equal(plain, full), "without a mask it is MONAI's inferer"
+
+
+def test_skipped_windows_with_decoder_heads_merge_keep_background():
+    """``reduce`` (decoder heads' merge) only sees finished sums of run windows: voxels that only skipped
+    windows cover stay 0, not a head's label, and the body's labels are the merge's without skipping."""
+    hu, parts = built_ct((160, 120, 20))
+    mask = body_mask(hu, SPACING)[None, None]
+    image = (hu / 1000.0)[None, None]
+    net = CountingNet(channels=6)  # 4 base channels + a head of one structure (its background and itself)
+    merge = MergedArgmax(4, [[200]], "new")
+    full = StreamingArgmaxInferer((48, 48, 32), reduce=merge)(image, net)
+    skipping = StreamingArgmaxInferer((48, 48, 32), reduce=merge, window_mask=mask)
+    skipped = skipping(image, net)
+    m = mask[0, 0]
+    assert skipping.windows["skipped"] > 0
+    assert (full[0, 0][m] == 200).any() and torch.equal(skipped[0, 0][m], full[0, 0][m])
+    assert (skipped[0, 0, 150:, 110:, :] == 0).all() and (full[0, 0, 150:, 110:, :] != 0).any()
