@@ -25,7 +25,7 @@ class MaskedSlidingWindowInferer(SlidingWindowInferer):
     by the last call (as :class:`StreamingArgmaxInferer`)."""
 
     def __init__(self, *args: Any, out_channels: int, window_mask: torch.Tensor | None = None, **kwargs: Any):
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, with_coord=True, **kwargs)  # windows are run by _MaskedWindows, which needs where
         self.out_channels = out_channels
         self.window_mask = window_mask
         self.windows = {"run": 0, "skipped": 0}
@@ -38,12 +38,7 @@ class MaskedSlidingWindowInferer(SlidingWindowInferer):
         roi = fall_back_tuple(self.roi_size, inputs.shape[2:])
         pad = roi_padding(inputs.shape[2:], roi)  # MONAI's windows index the padded image; padding holds no body
         mask = F.pad(window_mask.to(torch.uint8), pad).to(torch.bool) if any(pad) else window_mask.to(torch.bool)
-        self.with_coord = True
-        try:
-            masked = _MaskedWindows(network, mask, self.out_channels, self.windows)
-            return super().__call__(inputs, masked, *args, **kwargs)
-        finally:
-            self.with_coord = False
+        return super().__call__(inputs, _MaskedWindows(network, mask, self.out_channels, self.windows), *args, **kwargs)
 
 
 class _MaskedWindows:
@@ -62,9 +57,4 @@ class _MaskedWindows:
         if any(keep):
             out[torch.tensor(keep)] = self.network(x[torch.tensor(keep)], *args, **kwargs).to(x.dtype)
         return out
-
-    def _channels(self, x: torch.Tensor, args: tuple, kwargs: dict) -> int:
-        if not hasattr(self, "n_channels"):
-            self.n_channels = self.network(x[:1], *args, **kwargs).shape[1]
-        return self.n_channels
 
