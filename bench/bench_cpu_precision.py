@@ -36,6 +36,7 @@ BODY_HU = -500.0
 MODES = ("fp32", "fp32+skip", "bf16", "bf16+skip")
 
 from lib.acceleration import channels_last, cpu_precision  # noqa: E402  (needs apps/wholebody on sys.path)
+from lib.acceleration.cpu_memory import keep_freed_memory  # noqa: E402
 from lib.networks import wholebody_segresnet  # noqa: E402
 from lib.pipelines import wholebody as pipeline  # noqa: E402
 from lib.transforms.body_mask import BODY_MASK_KEY, BodyMaskd  # noqa: E402
@@ -96,23 +97,26 @@ def agreement(reference: torch.Tensor, labels: torch.Tensor, body: torch.Tensor,
 
 
 def window_timing(network: torch.nn.Module, size: int, repeats: int) -> dict:
-    """Median seconds of one forward of a ``size``^3 window, per layout and precision (after a warm-up)."""
+    """Median seconds of one forward of a ``size``^3 window, per layout and precision (after a warm-up round)."""
     x = torch.randn(1, 1, size, size, size)
+    # Built one at a time: channels-last converts the shared weights in place, and back after.
     variants = {
-        "fp32": network,
-        "fp32 channels-last": channels_last.for_device(network, "cpu", True),
-        "bf16 channels-last": cpu_precision.for_device(channels_last.for_device(network, "cpu", True), "cpu", "bf16"),
+        "fp32": lambda: network,
+        "fp32 channels-last": lambda: channels_last.for_device(network, "cpu", True),
+        "bf16 channels-last": lambda: cpu_precision.for_device(channels_last.for_device(network, "cpu", True), "cpu", "bf16"),
     }
-    out = {}
-    for name, net in variants.items():
-        times = []
-        with torch.inference_mode():
-            for _ in range(repeats + 1):
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    # Round-robin, so that a change of load on a shared machine slows every variant alike.
+    for round_ in range(repeats + 1):
+        for name, make in variants.items():
+            net = make()
+            with torch.inference_mode():
                 start = time.perf_counter()
                 net(x)
-                times.append(time.perf_counter() - start)
-        out[name] = round(statistics.median(times[1:]), 3)
-        network.to(memory_format=torch.contiguous_format)  # channels-last converts the weights in place
+                if round_:  # the first round is the warm-up
+                    times[name].append(time.perf_counter() - start)
+            network.to(memory_format=torch.contiguous_format)
+    out = {name: round(statistics.median(t), 3) for name, t in times.items()}
     return out
 
 
@@ -129,6 +133,7 @@ def main() -> None:
     parser.add_argument("--out", help="write the figures as JSON")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    keep_freed_memory()  # as the infer tasks run
 
     print(f"bfloat16 units: {cpu_precision.bf16_units()}, torch threads: {torch.get_num_threads()}")
     network = load_network(args.checkpoint)
