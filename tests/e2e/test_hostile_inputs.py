@@ -458,6 +458,8 @@ CASES: dict[str, Case] = {
     "params an array (/infer)": Case(lambda s, f: infer(s, "[1, 2]"), 422, ("JSON object",)),
     "params 'heads' not a boolean": Case(lambda s, f: infer(s, {"heads": "maybe"}, model="wholebody"), 422, ("heads",)),
     "params 'head_overlap' a number": Case(lambda s, f: infer(s, {"head_overlap": 5}, model="wholebody"), 422, ("head_overlap",)),
+    "params 'precision' unknown": Case(lambda s, f: infer(s, {"precision": "fp16"}, model="wholebody"), 422, ("'precision' must be one of fp32, bf16",)),
+    "params 'skip_air' not a boolean": Case(lambda s, f: infer(s, {"skip_air": "perhaps"}, model="spleen"), 422, ("skip_air",)),
     "params 'sw_overlap' not a number": Case(lambda s, f: infer(s, {"sw_overlap": "lots", "highres": False}, model="wholebody"), 422, ("sw_overlap",)),
     "params 'label_prompt' an object (vista3d)": Case(lambda s, f: infer(s, {"label_prompt": {"liver": 1}}, model="vista3d"), 422, ("label_prompt must be a list",)),
     "scoring 'mc_samples' not a number": Case(lambda s, f: post_json(s, "/scoring/wholebody_uncertainty", {"mc_samples": "many"}), 422, ("mc_samples",)),

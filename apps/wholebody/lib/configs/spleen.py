@@ -8,11 +8,13 @@ from monailabel.interfaces.config import TaskConfig
 
 import lib.infers.spleen
 import lib.trainers.spleen
+from lib.acceleration import cpu_precision
 from lib.acceleration.tensorrt import precision_from_conf
 from lib.conf import Conf
 from lib.configs.distributed_training import torchrun_launch
 from lib.labels import SPLEEN_LABELS
 from lib.networks import spleen_unet
+from lib.transforms import body_mask
 from lib.weights.official import OfficialCheckpoint
 
 
@@ -25,6 +27,8 @@ class SpleenSegmentation(TaskConfig):
         self.val_split = options.float("val_split", 0.2, low=0.0, high=0.9)
         self.trt_precision = precision_from_conf(options)
         self.channels_last = options.bool("channels_last", True)
+        self.cpu_precision = cpu_precision.precision_from_conf(options)
+        self.skip_air, self.body = body_mask.from_conf(options)
         self.torchrun = torchrun_launch(name, options)
         self.checkpoint = OfficialCheckpoint("spleen", model_dir, options, os.path.join(model_dir, f"{name}.pt"))
         self.checkpoint.fetch_in_background()
@@ -40,6 +44,9 @@ class SpleenSegmentation(TaskConfig):
             weights=self.weights,
             trt_precision=self.trt_precision,
             channels_last=self.channels_last,
+            precision=self.cpu_precision,
+            skip_air=self.skip_air,
+            body=self.body,
         )
 
     def trainer(self):

@@ -9,6 +9,7 @@ from monailabel.interfaces.config import TaskConfig
 import lib.infers.wholebody
 import lib.trainers.structure_head
 import lib.trainers.wholebody
+from lib.acceleration import cpu_precision
 from lib.acceleration.tensorrt import precision_from_conf
 from lib.activelearning.scoring import SCORE_KEY, WholeBodyUncertainty
 from lib.activelearning.strategies import ClassEntropy, Diversity, DiversityThenClassEntropy, Uncertainty
@@ -19,6 +20,7 @@ from lib.heads.store import HeadStore
 from lib.labels import wholebody_labels
 from lib.networks import wholebody_segresnet
 from lib.pipelines.wholebody import PIXDIM
+from lib.transforms import body_mask
 from lib.weights.official import OfficialCheckpoint
 
 
@@ -32,6 +34,8 @@ class WholeBodySegmentation(TaskConfig):
         self.val_split = options.float("val_split", 0.2, low=0.0, high=0.9)
         self.trt_precision = precision_from_conf(options)
         self.channels_last = options.bool("channels_last", True)
+        self.cpu_precision = cpu_precision.precision_from_conf(options)
+        self.skip_air, self.body = body_mask.from_conf(options)
         self.torchrun = torchrun_launch(name, options)
         self.checkpoints = {
             True: OfficialCheckpoint("wholebody_highres", model_dir, options, os.path.join(model_dir, f"{name}_highres.pt")),
@@ -71,6 +75,9 @@ class WholeBodySegmentation(TaskConfig):
             head_overlap=self.head_overlap,
             trt_precision=self.trt_precision,
             channels_last=self.channels_last,
+            precision=self.cpu_precision,
+            skip_air=self.skip_air,
+            body=self.body,
         )
 
     def trainer(self):

@@ -49,6 +49,11 @@ class StreamingArgmaxInferer(Inferer):
         label_dtype: dtype of the returned labels (must hold ``C - 1``; uint8 covers the 105-class bundle).
         reduce: maps finished blended logits ``(C, *spatial[:-1], n)`` to labels ``(*spatial[:-1], n)``; the
             default is the argmax over C. Decoder heads use it to merge several argmaxes into one label map.
+        window_mask: ``(N, 1, *spatial)`` bool, or None: windows holding no True voxel of it are not run
+            (lib/transforms/body_mask.py). Logits are summed, never divided by a count, so a window not run adds
+            nothing: a voxel keeps exactly its labels wherever every window covering it runs (every mask voxel),
+            and a voxel that only skipped windows cover is labelled 0 (background) without ``reduce``.
+            ``windows`` then counts the windows ``run`` and ``skipped`` by the last call.
 
     Memory (besides the input and the labels): on ``device`` the weighted logit sums of the open cells, in
     ``inputs.dtype`` (for windows moving along z: at most the C x H' x W' x (roi_z - step_z) overlap carried to the
@@ -70,6 +75,7 @@ class StreamingArgmaxInferer(Inferer):
         device: torch.device | str | None = None,
         label_dtype: torch.dtype = torch.uint8,
         reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        window_mask: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         if sw_batch_size < 1:
@@ -85,6 +91,8 @@ class StreamingArgmaxInferer(Inferer):
         self.device = device
         self.label_dtype = label_dtype
         self.reduce = reduce
+        self.window_mask = window_mask
+        self.windows = {"run": 0, "skipped": 0}
 
     def __call__(
         self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any
@@ -99,14 +107,17 @@ class StreamingArgmaxInferer(Inferer):
         # No autograd: the argmax is not differentiable, and a graph through the accumulation would hold every
         # window's output alive. no_grad (not inference_mode) so the labels stay ordinary tensors for callers
         # outside inference mode; inside a caller's inference_mode this still runs as inference.
+        if self.window_mask is not None and (self.window_mask.shape[0] != x.shape[0] or self.window_mask.shape[2:] != x.shape[2:]):
+            raise ValueError(f"window_mask must be (N, 1, *spatial) of the inputs {tuple(x.shape)}, got {tuple(self.window_mask.shape)}.")
+        self.windows = {"run": 0, "skipped": 0}
         with torch.no_grad():
-            labels = [self._infer_one(x[b : b + 1], network, args, kwargs) for b in range(x.shape[0])]
+            labels = [self._infer_one(x[b : b + 1], network, args, kwargs, b) for b in range(x.shape[0])]
         out = labels[0] if len(labels) == 1 else torch.cat(labels)
         if meta is not None:
             out = convert_to_dst_type(out, meta, dtype=self.label_dtype, device=out.device)[0]
         return out
 
-    def _infer_one(self, img: torch.Tensor, network: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
+    def _infer_one(self, img: torch.Tensor, network: Callable, args: tuple, kwargs: dict, b: int) -> torch.Tensor:
         """img: ``(1, C_in, *spatial)`` -> ``(1, 1, *spatial)`` labels."""
         nd = img.ndim - 2
         device = torch.device(self.device) if self.device is not None else img.device
@@ -118,11 +129,7 @@ class StreamingArgmaxInferer(Inferer):
         if any(o < 0 or o >= 1 for o in overlap):
             raise ValueError(f"overlap must be >= 0 and < 1, got {overlap}.")
 
-        # Same padding as MONAI when the image is smaller than roi: F.pad lists the last axis first.
-        pad: list[int] = []
-        for k in range(nd - 1, -1, -1):
-            diff = max(roi[k] - orig_size[k], 0)
-            pad += [diff // 2, diff - diff // 2]
+        pad = roi_padding(orig_size, roi)
         if any(pad):
             img = F.pad(img, pad=pad, mode=self.padding_mode, value=self.cval)
         size = tuple(img.shape[2:])  # == max(orig_size, roi) per axis, MONAI's `image_size`
@@ -135,8 +142,17 @@ class StreamingArgmaxInferer(Inferer):
         # Visit windows in order of their start on the last axis (stable, so dense_patch_slices' x/y order is
         # kept inside a row). Batches may cross rows, so the network is called as often as in MONAI.
         slices = sorted(slices, key=lambda s: s[-1].start)
+        n_windows = len(slices)
+        if self.window_mask is not None:
+            mask = self.window_mask[b : b + 1].to(torch.bool)
+            if any(pad):  # padded voxels are copies of border voxels: they hold no body of their own
+                mask = F.pad(mask.to(torch.uint8), pad=pad).to(torch.bool)
+            slices = [s for s in slices if mask[(0, 0, *s)].any()]
+        self.windows["run"] += len(slices)
+        self.windows["skipped"] += n_windows - len(slices)
         cells = _Cells(slices, size)
-        labels = torch.empty((1, 1, *size), dtype=self.label_dtype, device=device)
+        # Zeros: voxels that no window covers (all their windows skipped) are background.
+        labels = torch.zeros((1, 1, *size), dtype=self.label_dtype, device=device)
         sums: dict[tuple[int, ...], torch.Tensor] = {}  # open cell -> (C, *cell) weighted logit sum
 
         for i in range(0, len(slices), self.sw_batch_size):
@@ -182,6 +198,16 @@ class StreamingArgmaxInferer(Inferer):
     def _check_classes(self, n_classes: int) -> None:
         if not self.label_dtype.is_floating_point and n_classes - 1 > torch.iinfo(self.label_dtype).max:
             raise ValueError(f"label_dtype {self.label_dtype} cannot hold {n_classes} classes.")
+
+
+def roi_padding(size: Sequence[int], roi: Sequence[int]) -> list[int]:
+    """MONAI's padding of an image smaller than the window (half before, half after), as ``F.pad`` takes it:
+    the last axis first."""
+    pad: list[int] = []
+    for k in range(len(size) - 1, -1, -1):
+        diff = max(roi[k] - size[k], 0)
+        pad += [diff // 2, diff - diff // 2]
+    return pad
 
 
 class _Cells:

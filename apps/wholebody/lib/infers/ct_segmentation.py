@@ -1,4 +1,4 @@
-"""What the CT segmentation tasks share: checkpoint choice, network cache, AMP, inversion."""
+"""What the CT segmentation tasks share: checkpoint choice, network cache, AMP, CPU precision, air windows, inversion."""
 
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ from monai.transforms import Compose
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
-from lib.acceleration import channels_last
+from lib.acceleration import channels_last, cpu_precision
 from lib.acceleration.cpu_memory import reusing_freed_memory
 from lib.acceleration.tensorrt import accelerate
+from lib.conf import as_bool
+from lib.transforms.body_mask import BODY_MASK_KEY, BodyMaskd
 from lib.weights.checkpoints import load_state_dict
 
 logger = logging.getLogger(__name__)
@@ -28,6 +30,10 @@ class CTSegmentationTask(BasicInferTask):
 
     ``weights`` reports, per candidate checkpoint set, whether official or trained weights exist,
     so ``/info/`` can say plainly when a model is untrained.
+
+    On the CPU the network runs in ``precision`` (``fp32``, or ``bf16`` where the CPU has the units;
+    lib/acceleration/cpu_precision.py), and with ``skip_air`` windows holding no body voxel are not run
+    (lib/transforms/body_mask.py); both are request params too, and the answer says what served.
     """
 
     def __init__(
@@ -40,7 +46,11 @@ class CTSegmentationTask(BasicInferTask):
         paths: Sequence[str] = (),
         trt_precision: str | None = None,
         channels_last: bool = True,
+        precision: str = "fp32",
+        skip_air: bool = False,
+        body: BodyMaskd | None = None,
     ):
+        """``precision``: the served default after the CPU check; ``body``: the body mask's rule for ``skip_air``."""
         super().__init__(
             path=list(paths),
             network=network_factory(),
@@ -48,12 +58,19 @@ class CTSegmentationTask(BasicInferTask):
             labels=labels,
             dimension=3,
             description=description,
-            config={"result_dtype": "uint8", **(config or {})},
+            # A list shows as a choice in Slicer's options; the first entry is the default.
+            config={
+                "result_dtype": "uint8",
+                "precision": [precision, *[p for p in cpu_precision.PRECISIONS if p != precision and cpu_precision.bf16_units()]],
+                "skip_air": skip_air,
+                **(config or {}),
+            },
         )
         self._weights = weights
         self._network_factory = network_factory
         self._trt_precision = trt_precision
         self._channels_last = channels_last
+        self._body = body or BodyMaskd()
         self._cache: dict[tuple[str, str | None], tuple[torch.nn.Module, float]] = {}
         self._cache_lock = threading.Lock()
 
@@ -61,10 +78,29 @@ class CTSegmentationTask(BasicInferTask):
         info = super().info()
         weights = self._weights()
         info["weights"] = weights
+        info["cpu_precision"] = self._config["precision"][0]
         info["untrained"] = all(w["untrained"] for w in weights.values())
         if info["untrained"]:
             info["description"] += " [UNTRAINED: no weights found, see 'weights']"
         return info
+
+    def precision(self, data: dict[str, Any]) -> str:
+        """The precision serving this request on the CPU (``precision`` param: Slicer's list or a value)."""
+        value = data.get("precision", self._config["precision"])
+        chosen = value[0] if isinstance(value, (list, tuple)) and value else value
+        return cpu_precision.serving(cpu_precision.check(chosen, "precision"))
+
+    def skips_air(self, data: dict[str, Any]) -> bool:
+        return as_bool(data.get("skip_air", self._config["skip_air"]), "skip_air")
+
+    def body_mask(self, data: dict[str, Any]) -> BodyMaskd | None:
+        """The pre-transform that adds the body mask, for a request that skips air windows."""
+        return self._body if self.skips_air(data) else None
+
+    def window_mask(self, data: dict[str, Any]) -> torch.Tensor | None:
+        """``(1, 1, *spatial)`` for the inferer, or None (``skip_air`` off)."""
+        mask = data.get(BODY_MASK_KEY)
+        return None if mask is None else torch.as_tensor(mask)[None]
 
     def candidate_paths(self, data: dict[str, Any]) -> Sequence[str]:
         """Checkpoints for this request, most preferred last (a trained model beats the official one)."""
@@ -114,6 +150,9 @@ class CTSegmentationTask(BasicInferTask):
         self._cache.clear()
 
     def __call__(self, request, callbacks=None):
+        req = {**self._config, **request}
+        request = {**request, "precision": self.precision(req)}  # checked (422) before the image is read
+        self.skips_air(req)
         # One request is one block of reused CPU memory: pre, infer and post; handed back once it is answered.
         with reusing_freed_memory():
             return super().__call__(request, callbacks)
@@ -124,13 +163,20 @@ class CTSegmentationTask(BasicInferTask):
         return data
 
     def run_inferer(self, data, convert_to_batch=True, device="cuda"):
-        network = self._get_network(device, data)
+        precision = data["precision"]
+        # bf16 wraps the cached network per request: it shares the weights, so no copy per precision.
+        network = cpu_precision.for_device(self._get_network(device, data), device, precision)
         inputs = torch.as_tensor(data[self.input_key])[None].to(torch.device(device))
         inferer = self.inferer(data)
         with torch.inference_mode(), torch.autocast("cuda", enabled=str(device).startswith("cuda")):
             outputs = inferer(inputs, network)
         if str(device).startswith("cuda"):
             torch.cuda.empty_cache()
+        windows = inferer.windows
+        served = precision if torch.device(device).type == "cpu" else "amp"
+        logger.info(f"{self.description}: {served} on {device}, windows run {windows['run']}, skipped {windows['skipped']}")
+        data[self.output_json_key] = {"precision": served, "windows": dict(windows)}
+        data.pop(BODY_MASK_KEY, None)
         # A clone outside inference mode, so the inverse transforms may modify it.
         data[self.output_label_key] = outputs[0].clone()
         return data

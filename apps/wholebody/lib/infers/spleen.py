@@ -18,10 +18,10 @@ class SpleenSegmentation(CTSegmentationTask):
         super().__init__(description="Spleen (UNet, MONAI spleen_ct_segmentation)", **task_args)
 
     def pre_transforms(self, data=None):
-        return pipeline.preprocessing()
+        return pipeline.preprocessing(body=self.body_mask(data))
 
     def inferer(self, data=None):
-        return pipeline.inferer()
+        return pipeline.inferer(self.window_mask(data))
 
     def inverse_transforms(self, data=None):
         return None

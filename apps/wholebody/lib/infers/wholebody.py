@@ -131,7 +131,7 @@ still adds to them, and keeps only uint8 labels.
         return self.checkpoints[self.highres(data)]
 
     def pre_transforms(self, data=None):
-        return pipeline.preprocessing(pipeline.PIXDIM[self.highres(data)], data.get("device"))
+        return pipeline.preprocessing(pipeline.PIXDIM[self.highres(data)], data.get("device"), body=self.body_mask(data))
 
     def sw_overlap(self, data: dict[str, Any]) -> float:
         return as_float(data.get("sw_overlap", self._config["sw_overlap"]), "sw_overlap", 0.0, 0.9)
@@ -140,7 +140,7 @@ still adds to them, and keeps only uint8 labels.
         overlap = self.sw_overlap(data)
         heads = data.get(HEADS_KEY) or []
         merge = MergedArgmax(len(self.base_labels) + 1, [h["values"] for h in heads], data["head_overlap"]) if heads else None
-        return pipeline.inferer(pipeline.ROI_SIZE, overlap, reduce=merge)
+        return pipeline.inferer(pipeline.ROI_SIZE, overlap, reduce=merge, window_mask=self.window_mask(data))
 
     def inverse_transforms(self, data=None):
         return None  # inverted in post_transforms with Invertd, as the bundle does

@@ -15,6 +15,7 @@ from monai.transforms import (
     EnsureTyped,
     Invertd,
     LoadImaged,
+    MapTransform,
     NormalizeIntensityd,
     Orientationd,
     ScaleIntensityd,
@@ -32,9 +33,12 @@ ROI_SIZE = (96, 96, 96)
 OVERLAP = 0.25
 
 
-def preprocessing(pixdim: Sequence[float], device: torch.device | str | None = None, label_key: str | None = None) -> list:
+def preprocessing(
+    pixdim: Sequence[float], device: torch.device | str | None = None, label_key: str | None = None, body: MapTransform | None = None
+) -> list:
     """The bundle's preprocessing; on a GPU the volume moves there first, so resampling and
-    normalisation run on the device too. ``label_key``: a label resampled with the image (training)."""
+    normalisation run on the device too. ``label_key``: a label resampled with the image (training).
+    ``body``: a transform that reads the resampled image in HU, before normalisation (the body mask)."""
     keys = image_and_label(label_key)
     return [
         LoadImaged(keys=keys),
@@ -46,15 +50,19 @@ def preprocessing(pixdim: Sequence[float], device: torch.device | str | None = N
         # model's near-tied logits flip on 3 % of voxels at 1.5 mm (measured on the shared CT).
         # Inverted on the labels by index: MONAI's result without its full-size float grid.
         *resampling(pixdim, label_key),
+        *([body] if body is not None else []),
         NormalizeIntensityd(keys="image", nonzero=True),
         ScaleIntensityd(keys="image", minv=-1.0, maxv=1.0),
     ]
 
 
-def inferer(roi_size: Sequence[int], overlap: float, reduce=None) -> StreamingArgmaxInferer:
+def inferer(roi_size: Sequence[int], overlap: float, reduce=None, window_mask: torch.Tensor | None = None) -> StreamingArgmaxInferer:
     """Argmax of gaussian-blended logits, as the bundle's softmax + argmax, streamed
-    (``reduce``: another way to turn finished logits into labels, e.g. merging decoder heads)."""
-    return StreamingArgmaxInferer(roi_size=roi_size, overlap=overlap, mode="gaussian", padding_mode="replicate", reduce=reduce)
+    (``reduce``: another way to turn finished logits into labels, e.g. merging decoder heads;
+    ``window_mask``: windows without a voxel of it are not run)."""
+    return StreamingArgmaxInferer(
+        roi_size=roi_size, overlap=overlap, mode="gaussian", padding_mode="replicate", reduce=reduce, window_mask=window_mask
+    )
 
 
 def postprocessing(pre: Compose) -> list:

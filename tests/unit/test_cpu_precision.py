@@ -1,0 +1,92 @@
+"""bfloat16 on the CPU: the same labels as float32 where the logits are confident, fp32 on a CPU without
+bfloat16 units, and fp32 for a request that asks for it."""
+
+from __future__ import annotations
+
+import logging
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from conftest import CT
+from lib.acceleration import cpu_precision
+from lib.acceleration.channels_last import ChannelsLast
+from lib.conf import Conf, ConfError
+
+HU_CLASSES = (-500.0, 200.0)  # air and lung | soft tissue and fat | bone
+
+
+@pytest.fixture
+def cpu_flags(monkeypatch, tmp_path):
+    """Simulates /proc/cpuinfo with the given flags; the detection is read afresh."""
+
+    def simulate(*flags: str) -> None:
+        cpuinfo = tmp_path / "cpuinfo"
+        cpuinfo.write_text(f"processor\t: 0\nflags\t\t: fpu sse2 avx2 {' '.join(flags)}\n")
+        monkeypatch.setattr(cpu_precision, "CPUINFO", str(cpuinfo))
+        cpu_precision.bf16_units.cache_clear()
+        cpu_precision._warn_no_units.cache_clear()
+
+    yield simulate
+    cpu_precision.bf16_units.cache_clear()
+    cpu_precision._warn_no_units.cache_clear()
+
+
+def _confident_network(image: torch.Tensor, target: torch.Tensor) -> torch.nn.Module:
+    """A small conv net trained on the crop until it classifies its HU ranges with confident logits."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv3d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv3d(8, 3, 1))
+    optimiser = torch.optim.Adam(net.parameters(), lr=0.05)
+    for _ in range(80):
+        optimiser.zero_grad()
+        loss = torch.nn.functional.cross_entropy(net(image), target)
+        loss.backward()
+        optimiser.step()
+    return net.eval()
+
+
+def test_bf16_labels_equal_fp32_labels_where_the_logits_are_confident():
+    hu = torch.as_tensor(np.asarray(nib.load(str(CT)).dataobj[30:62, 20:52, 10:18], dtype=np.float32))
+    target = torch.bucketize(hu.contiguous(), torch.tensor(HU_CLASSES))[None].long()
+    image = (hu / 1000.0)[None, None]
+    net = _confident_network(image, target)
+    with torch.no_grad():
+        fp32 = net(image)
+        bf16 = cpu_precision.BFloat16Autocast(ChannelsLast(net))(image)
+    assert bf16.dtype == torch.float32, "the wrapped network answers float32, as the fp32 one"
+    assert not torch.equal(bf16, fp32), "the convolutions ran in bfloat16"
+    top2 = fp32.topk(2, dim=1).values
+    confident = (top2[:, 0] - top2[:, 1]) > 1.0
+    assert confident.float().mean() > 0.95, "the trained network is confident on most voxels"
+    assert (fp32.argmax(1) == target).float().mean() > 0.95, "and it learned the HU classes"
+    assert torch.equal(bf16.argmax(1)[confident], fp32.argmax(1)[confident])
+
+
+def test_a_cpu_without_bf16_units_serves_fp32_with_one_warning(cpu_flags, caplog):
+    cpu_flags("avx512f")
+    with caplog.at_level(logging.WARNING, logger=cpu_precision.__name__):
+        assert cpu_precision.precision_from_conf(Conf({"cpu_precision": "bf16"})) == "fp32"
+        assert cpu_precision.serving("bf16") == "fp32"
+    assert len([r for r in caplog.records if "bf16" in r.getMessage()]) == 1
+    net = torch.nn.Conv3d(1, 1, 1)
+    assert cpu_precision.for_device(net, "cpu", cpu_precision.serving("bf16")) is net
+
+
+def test_a_cpu_with_bf16_units_serves_bf16_and_fp32_by_default(cpu_flags):
+    cpu_flags("amx_bf16")
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("PyTorch without oneDNN cannot use bfloat16 units")
+    assert cpu_precision.precision_from_conf(Conf({"cpu_precision": "bf16"})) == "bf16"
+    assert cpu_precision.precision_from_conf(Conf({})) == "fp32"
+    net = torch.nn.Conv3d(1, 1, 1)
+    assert isinstance(cpu_precision.for_device(net, "cpu", "bf16"), cpu_precision.BFloat16Autocast)
+    assert cpu_precision.for_device(net, "cuda", "bf16") is net, "a GPU runs its own AMP"
+
+
+def test_an_unknown_precision_is_refused():
+    with pytest.raises(ConfError, match="cpu_precision"):
+        cpu_precision.precision_from_conf(Conf({"cpu_precision": "fp16"}))
+    with pytest.raises(ConfError, match="precision"):
+        cpu_precision.check("half", "precision")
