@@ -281,6 +281,7 @@ class WholeBodyApp(MONAILabelApp):
             info["user"] = user
         label_id = datastore.save_label(image_id, result["file"], tag, info)
         logger.info(f"Inference result of {request.get('model')} saved as label '{tag}' of {image_id}" + (f" by {user}" if user else ""))
+        self.learning_loop.saved(self, image_id)  # a final label saved this way gets its correction record too
         self._release_handout(image_id)
         return label_id, tag
 
