@@ -15,6 +15,8 @@ from monailabel.tasks.infer.basic_infer import BasicInferTask
 from lib.acceleration import channels_last
 from lib.acceleration.cpu_memory import reusing_freed_memory
 from lib.acceleration.tensorrt import accelerate
+from lib.conf import as_bool
+from lib.measurements import on_image as measurements
 from lib.weights.checkpoints import load_state_dict
 
 logger = logging.getLogger(__name__)
@@ -48,7 +50,7 @@ class CTSegmentationTask(BasicInferTask):
             labels=labels,
             dimension=3,
             description=description,
-            config={"result_dtype": "uint8", **(config or {})},
+            config={"result_dtype": "uint8", measurements.OPTION: True, **(config or {})},
         )
         self._weights = weights
         self._network_factory = network_factory
@@ -114,9 +116,19 @@ class CTSegmentationTask(BasicInferTask):
         self._cache.clear()
 
     def __call__(self, request, callbacks=None):
+        as_bool(request.get(measurements.OPTION, True), measurements.OPTION)  # checked before the image is read
         # One request is one block of reused CPU memory: pre, infer and post; handed back once it is answered.
         with reusing_freed_memory():
-            return super().__call__(request, callbacks)
+            result_file, result_json = super().__call__(request, callbacks)
+        return result_file, measurements.report_latency(result_json)
+
+    def result_labels(self, data: dict[str, Any]) -> dict[str, int]:
+        """Name -> value of the labels this request's result may hold."""
+        return dict(self.labels)
+
+    def writer(self, data, extension=None, dtype=None):
+        result_file, result_json = super().writer(data, extension, dtype)
+        return result_file, measurements.add_measurements(result_json, data, self.result_labels(data), self.output_label_key)
 
     def run_pre_transforms(self, data, transforms):
         data = super().run_pre_transforms(data, transforms)
