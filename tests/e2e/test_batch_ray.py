@@ -11,6 +11,7 @@ import os
 
 import nibabel as nib
 import numpy as np
+import pandas
 import pytest
 import torch
 
@@ -108,6 +109,21 @@ def test_batch_on_ray_matches_infer_records_the_failure_and_resumes(studies, mod
         assert np.array_equal(labels, expected), f"{name}: {(labels != expected).sum()} voxels differ from /infer"
         np.testing.assert_allclose(ours.affine, reference.affine, atol=1e-5)
 
+    # The cohort table next to the manifest: one row per study and structure present, as /infer measures them.
+    table = pandas.read_csv(out / "measurements.csv")
+    assert sorted(table["study"].unique()) == sorted(CROPS)
+    for name in CROPS:
+        rows = table[table["study"] == name].set_index("label")
+        labels = np.asarray(nib.load(str(out / by_study[name]["label"])).dataobj)
+        hu = np.asarray(nib.load(str(studies / f"{name}.nii.gz")).dataobj)
+        present = sorted(set(np.unique(labels).tolist()) - {0})
+        assert rows.index.tolist() == present
+        for value in present[:5]:
+            mask = labels == value
+            assert rows.loc[value, "voxels"] == mask.sum() and rows.loc[value, "hu_mean"] == pytest.approx(hu[mask].mean())
+            assert rows.loc[value, "volume_ml"] == pytest.approx(mask.sum() * 0.027)
+    table_written = os.stat(out / "measurements.csv").st_mtime_ns
+
     written = {name: os.stat(out / by_study[name]["label"]).st_mtime_ns for name in CROPS}
     code, lines = batch(studies, out, model_dir, capsys)
     assert code == 0
@@ -116,6 +132,9 @@ def test_batch_on_ray_matches_infer_records_the_failure_and_resumes(studies, mod
     assert {name: os.stat(out / by_study[name]["label"]).st_mtime_ns for name in CROPS} == written
     rerun = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()][len(records):]
     assert [list(r) for r in rerun] == [["run"]] and rerun[0]["run"]["todo"] == 0
+    # The rerun rebuilt the table from the same studies' rows.
+    assert os.stat(out / "measurements.csv").st_mtime_ns > table_written
+    assert pandas.read_csv(out / "measurements.csv").equals(table)
 
 
 def test_batch_on_ray_from_a_pacs_stores_segs_back(orthanc, pacs_tools, model_dir, tmp_path, capsys, monkeypatch, ray_shutdown):

@@ -9,7 +9,8 @@ failure reason once a stage failed (later stages pass it on untouched, so one ba
 run) and the payload between two stages (pickled: the preprocessed image with its applied operations,
 then the labels with what the inversion needs). The stages reserve different resources, which also
 keeps Ray Data from fusing preprocessing into the network actors. The driver writes the manifest and
-prints progress as rows come back, in the order they finish.
+prints progress as rows come back, in the order they finish, and ends with the cohort table
+(``lib.batch.cohort``: one row per study and structure, measured where the label is written).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from lib.batch import cohort
 from lib.batch.failures import failure_reason
 from lib.batch.manifest import Manifest
 from lib.batch.model import BatchError, ModelRun
@@ -118,6 +120,7 @@ def run(
                     result = pickle.loads(row["payload"])
                     manifest.record(study.id, model.key, "done", version=study.version, seconds=timings, **result)
                     echo(progress.update(study.id))
+        table = cohort.assemble(out_dir, {study: r["measurements"] for study, r in manifest.done().items() if "measurements" in r})
         wall = time.monotonic() - start
         summary = {
             "studies": len(studies),
@@ -128,6 +131,7 @@ def run(
             "studies_per_hour": round(3600.0 * progress.finished / wall, 2) if progress.finished else 0.0,
             "stage_seconds": {k: round(v, 2) for k, v in stage_seconds.items()},
             "key": model.key,
+            "measurements": os.path.relpath(table, out_dir),
         }
         echo(f"finished: {json.dumps(summary)}")
         return summary
@@ -272,12 +276,17 @@ def _preprocess(row, path: str, context):
 
 
 def _invert_and_write(row, inferred: dict, context) -> dict[str, str]:
+    """The label file and the study's rows of the cohort table (measured on the input's grid, as /infer does)."""
     from lib.batch.stages import LABEL_EXTENSION, invert_and_write
+    from lib.labels import wholebody_labels
+    from lib.measurements.on_image import measure_on_image
 
     out_dir, model = context
     label = os.path.join(LABELS_DIR, f"{row['study']}{LABEL_EXTENSION}")
-    invert_and_write(inferred, os.path.join(out_dir, label), model)
-    return {"label": label}
+    labels = invert_and_write(inferred, os.path.join(out_dir, label), model)
+    names = {value: name for name, value in wholebody_labels().items()}
+    measurements = cohort.write_study(out_dir, row["study"], measure_on_image(labels, row["image"], names))
+    return {"label": label, "measurements": measurements}
 
 
 def _store_seg(row, written: dict, context) -> dict[str, Any]:
