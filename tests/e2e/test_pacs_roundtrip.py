@@ -223,7 +223,8 @@ def test_orthanc_roundtrip_infer_save_seg_and_pacs_outage(orthanc, pacs_tools, s
     assert len(newest) == 1 and np.array_equal(seg_on_label_grid(newest[0], edited_image, names), edited.astype(np.int64))
 
     # Another workstation (a fresh cache) trains on what the PACS holds: the newest SEG.
-    from lib.pacs.datastore import PacsDatastore, make_client
+    from lib.pacs.connection import make_client
+    from lib.pacs.datastore import PacsDatastore
 
     other = PacsDatastore(
         make_client(orthanc.dicomweb_url, orthanc.auth, 60, {}), {"Modality": "CT"}, str(tmp_path / "other-cache"),

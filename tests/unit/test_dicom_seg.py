@@ -160,7 +160,7 @@ def test_manual_label_and_empty_label(tmp_path):
 
 
 def test_credentials_from_a_file_or_the_environment(tmp_path, monkeypatch):
-    from lib.pacs.datastore import read_credentials
+    from lib.pacs.setup import read_credentials
 
     for key in ("DICOMWEB", "DATASTORE"):
         monkeypatch.setattr(f"monailabel.config.settings.MONAI_LABEL_{key}_USERNAME", "")

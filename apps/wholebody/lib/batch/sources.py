@@ -74,7 +74,7 @@ class DicomwebStudies:
 
         client, store = self._connection()
         try:
-            with store._pacs("listing the series"):
+            with store._connection.answering("listing the series"):
                 series = client.search_for_series(search_filters=self._search_filter(), get_remaining=True)
         except HTTPException as e:
             raise BatchError(f"--studies {self.url}: {e.detail}") from None
@@ -107,7 +107,7 @@ class DicomwebStudies:
                 series_description="MONAI Label wholebody (batch)",
                 label_tag=label_tag,
             )
-            with store._pacs(f"storing the DICOM SEG of {series_uid}"):
+            with store._connection.answering(f"storing the DICOM SEG of {series_uid}"):
                 response = client.store_instances([pydicom.dcmread(seg_file)])
         failed = response.get("FailedSOPSequence") if response is not None else None
         if failed:
@@ -130,7 +130,8 @@ class DicomwebStudies:
         if key not in _CONNECTIONS:
             from monailabel.config import settings
 
-            from lib.pacs.datastore import PacsDatastore, make_client
+            from lib.pacs.connection import make_client
+            from lib.pacs.datastore import PacsDatastore
 
             prefixes = {"qido": settings.MONAI_LABEL_QIDO_PREFIX, "wado": settings.MONAI_LABEL_WADO_PREFIX, "stow": settings.MONAI_LABEL_STOW_PREFIX}
             client = make_client(self.url, self.auth, self.timeout_s, prefixes)
@@ -147,7 +148,7 @@ def open_studies(studies: str, cache: str, credentials: str | None = None, timeo
     ``credentials`` = a ``user:password`` file, else MONAI_LABEL_DICOMWEB_USERNAME / _PASSWORD)."""
     if studies.startswith(("http://", "https://")):
         from lib.conf import Conf
-        from lib.pacs.datastore import read_credentials
+        from lib.pacs.setup import read_credentials
 
         auth = read_credentials(Conf({"dicomweb_credentials": credentials} if credentials else {}))
         return DicomwebStudies(studies.rstrip("/"), os.path.abspath(cache), auth, timeout_s)
