@@ -1,9 +1,10 @@
 """Per-structure figures of a label map over its CT: voxels, volume, HU statistics, centroid and bounding box.
 
-Every figure comes from whole-volume reductions, never one mask per structure: ``np.bincount`` with
-weights gives the counts, HU sums and squared deviations per label; a histogram of (label, slice index)
-per axis gives each structure's centroid and extent; one sort of the foreground keyed by label, then HU,
-gives every structure's sorted HU values side by side, and the percentiles are read at per-label offsets.
+Every figure comes from reductions over the foreground voxels (all structures at once), never one mask
+per structure: ``np.bincount`` with weights gives the counts, HU sums and squared deviations per label; a
+histogram of (label, slice index) per axis gives each structure's centroid and extent; one sort of the
+foreground keyed by label, then HU, gives every structure's sorted HU values side by side, and the
+percentiles are read at per-label offsets.
 
 Coordinates are patient coordinates in the DICOM convention (LPS, millimetres): MONAI and NIfTI affines
 map voxel indices to RAS, so the first two axes change sign.
@@ -31,20 +32,21 @@ def measure(labels: Any, image: Any, affine_ras: Any, names: Mapping[int, str]) 
     if labels.dtype.kind not in "ui" or (labels.size and labels.min() < 0):
         raise ValueError(f"labels must be non-negative integers, got {labels.dtype}")
     flat = labels.ravel()
-    if not flat.any():
+    foreground = np.flatnonzero(flat)  # background is never reported: every reduction runs on the rest
+    if not foreground.size:
         return []
     affine = RAS_TO_LPS @ np.asarray(affine_ras, dtype=np.float64)
     voxel_ml = abs(float(np.linalg.det(affine[:3, :3]))) / 1000.0
 
-    n_labels = int(flat.max()) + 1
-    counts = np.bincount(flat, minlength=n_labels)
+    label = flat[foreground].astype(np.intp)
+    n_labels = int(label.max()) + 1
+    counts = np.bincount(label, minlength=n_labels)
     present = np.flatnonzero(counts)
-    present = present[present > 0]
-    hu = image.ravel().astype(np.float64)
-    mean = np.bincount(flat, weights=hu, minlength=n_labels) / np.maximum(counts, 1)
-    std = np.sqrt(np.bincount(flat, weights=(hu - mean[flat]) ** 2, minlength=n_labels) / np.maximum(counts, 1))
-    percentiles = _percentiles(flat, hu, counts, present)
-    centroid_ijk, low_ijk, high_ijk = _extent(labels, n_labels, counts)
+    hu = image.ravel()[foreground].astype(np.float64)
+    mean = np.bincount(label, weights=hu, minlength=n_labels) / np.maximum(counts, 1)
+    std = np.sqrt(np.bincount(label, weights=(hu - mean[label]) ** 2, minlength=n_labels) / np.maximum(counts, 1))
+    percentiles = _percentiles(label, hu, counts, present)
+    centroid_ijk, low_ijk, high_ijk = _extent(label, np.unravel_index(foreground, labels.shape), labels.shape, counts)
 
     centroid = _to_patient(affine, centroid_ijk[present])
     corners = np.stack([_to_patient(affine, np.where(corner, high_ijk[present], low_ijk[present])) for corner in _CORNERS])
@@ -74,20 +76,17 @@ def _to_patient(affine: np.ndarray, ijk: np.ndarray) -> np.ndarray:
     return ijk @ affine[:3, :3].T + affine[:3, 3]
 
 
-def _percentiles(flat: np.ndarray, hu: np.ndarray, counts: np.ndarray, present: np.ndarray) -> dict[float, np.ndarray]:
+def _percentiles(label: np.ndarray, hu: np.ndarray, counts: np.ndarray, present: np.ndarray) -> dict[float, np.ndarray]:
     """Per present label, the HU percentiles as ``np.percentile`` computes them (linear interpolation
-    between the closest ranks). One sort of the foreground on the key label * 2^k + (HU - min): HU values
-    are integers in CT, and then the key is exact in float64; fractional HU keep ~1e-6 HU."""
-    foreground = flat > 0
-    values = hu[foreground]
-    low = values.min()
-    span = 2.0 ** np.ceil(np.log2(values.max() - low + 2.0))
-    key = flat[foreground].astype(np.float64) * span + (values - low)
+    between the closest ranks). One sort on the key label * 2^k + (HU - min): HU values are integers in
+    CT, and then the key is exact in float64; fractional HU keep ~1e-6 HU."""
+    low = hu.min()
+    span = 2.0 ** np.ceil(np.log2(hu.max() - low + 2.0))
+    key = label * span + (hu - low)
     key.sort()
-    offsets = np.concatenate([[0], np.cumsum(counts[1:])])  # start of label v at offsets[v - 1]
-    ordered_labels = np.repeat(np.arange(1, len(counts)), counts[1:]).astype(np.float64)
-    ordered = key - ordered_labels * span + low
-    start, n = offsets[present - 1], counts[present]
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])  # where each label's values start
+    ordered = key - np.repeat(np.arange(len(counts), dtype=np.float64), counts) * span + low
+    start, n = offsets[present], counts[present]
     result = {}
     for q in PERCENTILES:
         rank = q / 100.0 * (n - 1)
@@ -97,16 +96,13 @@ def _percentiles(flat: np.ndarray, hu: np.ndarray, counts: np.ndarray, present: 
     return result
 
 
-def _extent(labels: np.ndarray, n_labels: int, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _extent(label: np.ndarray, index: tuple[np.ndarray, ...], shape: tuple[int, ...], counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per label: centroid, lowest and highest voxel index on each axis, from one (label, index)
-    histogram per axis."""
-    centroid = np.zeros((n_labels, 3))
-    low = np.zeros((n_labels, 3))
-    high = np.zeros((n_labels, 3))
-    wide = labels.astype(np.int64)
-    for axis, size in enumerate(labels.shape):
-        index = np.arange(size).reshape([size if a == axis else 1 for a in range(3)])
-        histogram = np.bincount((wide * size + index).ravel(), minlength=n_labels * size).reshape(n_labels, size)
+    histogram per axis of the voxels ``label`` and ``index`` (one array per axis) describe."""
+    n_labels = len(counts)
+    centroid, low, high = np.zeros((n_labels, 3)), np.zeros((n_labels, 3)), np.zeros((n_labels, 3))
+    for axis, size in enumerate(shape):
+        histogram = np.bincount(label * size + index[axis], minlength=n_labels * size).reshape(n_labels, size)
         centroid[:, axis] = histogram @ np.arange(size) / np.maximum(counts, 1)
         occupied = histogram > 0
         low[:, axis] = occupied.argmax(axis=1)
