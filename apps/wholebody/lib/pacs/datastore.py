@@ -8,7 +8,9 @@ segment as "Spleen", caches the study list for two hours, answers an unreachable
 
 - fetches series in their stored transfer syntax and converts them to NIfTI once (``lib.pacs.series``);
 - writes DICOM SEG with highdicom (``lib.pacs.seg``): named segments with SNOMED CT codes,
-  referencing the source series; no dcmqi;
+  referencing the source series; no dcmqi; beside it a measurement report (SR, ``lib.pacs.sr``: volume
+  and mean HU of each segment) and, with ``--conf dicomweb_rtstruct true``, an RT Structure Set
+  (``lib.pacs.rtstruct``);
 - keeps every saved label on disk first, then uploads it (``lib.pacs.upload_queue``: STOW-RS, retried
   in the background while the PACS is down, also after a restart);
 - answers requests that need an unreachable PACS with 503 and one line that says what to do,
@@ -56,7 +58,9 @@ class PacsDatastore(SegImport, OneLabelPerTag, SharedLocalDatastore, DICOMWebDat
         retry_s: float = 30.0,
         label_names: Optional[Callable[[dict], Dict[int, str]]] = None,
         app_version: str = "",
+        rtstruct: bool = False,
     ):
+        """``rtstruct``: store an RT Structure Set beside every SEG (the measurement report goes always)."""
         self._client = client
         self._connection = PacsConnection(client)
         self._url = client.base_url
@@ -66,6 +70,7 @@ class PacsDatastore(SegImport, OneLabelPerTag, SharedLocalDatastore, DICOMWebDat
         self._refresh_s = refresh_s
         self._label_names = label_names or (lambda info: {})
         self._app_version = app_version
+        self._rtstruct = rtstruct
 
         path = cache_path or os.path.join(pathlib.Path.home(), ".cache", "monailabel", "dicom", md5_digest(self._url))
         # LocalDatastore directly: the stock DICOMWebDatastore.__init__ also watches the cache folder.
@@ -193,28 +198,30 @@ class PacsDatastore(SegImport, OneLabelPerTag, SharedLocalDatastore, DICOMWebDat
             return self._store_label(image_id, label_filename, label_tag, label_info)  # no segment: no SEG
         model = label_info.get("model") or (label_info.get("params") or {}).get("model")
         stamp = time.time_ns()
-        try:
-            from lib.pacs.seg import write_seg
+        with self._queue.held():  # the SEG stays in the queue until its reports, which read it, are there too
+            try:
+                from lib.pacs.seg import write_seg
 
-            seg = self._queue.add(
-                image_id,
-                stamp,
-                0,
-                "SEG",
-                lambda path: write_seg(
-                    self.source_files(image_id),
-                    frames,
-                    names,
-                    path,
-                    algorithm=f"MONAI Label {model}" if model else None,
-                    version=self._app_version,
-                    series_description=f"MONAI Label {model}" if model else "MONAI Label",
-                    content_creator=label_info.get("user"),
-                    label_tag=label_tag,
-                ),
-            )
-        except ValueError as e:
-            raise HTTPException(status_code=422, detail=f"cannot write the label as DICOM SEG: {e}") from None
+                seg_file, seg = self._queue.add(
+                    image_id,
+                    stamp,
+                    0,
+                    "SEG",
+                    lambda path: write_seg(
+                        self.source_files(image_id),
+                        frames,
+                        names,
+                        path,
+                        algorithm=f"MONAI Label {model}" if model else None,
+                        version=self._app_version,
+                        series_description=f"MONAI Label {model}" if model else "MONAI Label",
+                        content_creator=label_info.get("user"),
+                        label_tag=label_tag,
+                    ),
+                )
+            except ValueError as e:
+                raise HTTPException(status_code=422, detail=f"cannot write the label as DICOM SEG: {e}") from None
+            reports = self._queue_reports(image_id, image_uri, frames, stamp, seg_file, seg, model)
 
         # 2. The label on disk, so that nothing is lost while the PACS is down.
         label_info["label_info"] = label_info.get("label_info") or [
@@ -227,6 +234,7 @@ class PacsDatastore(SegImport, OneLabelPerTag, SharedLocalDatastore, DICOMWebDat
                 "StudyInstanceUID": seg["StudyInstanceUID"],
                 "Modality": "SEG",
                 "segments": seg["segments"],
+                **reports,
             }
         )
         label_id = self._store_label(image_id, label_filename, label_tag, label_info)
@@ -236,6 +244,31 @@ class PacsDatastore(SegImport, OneLabelPerTag, SharedLocalDatastore, DICOMWebDat
         # 3. Upload now; on failure the retry thread keeps trying.
         self._queue.flush()
         return label_id
+
+    def _queue_reports(self, image_id: str, image_uri: str, frames: np.ndarray, stamp: int, seg_file: str, seg: dict, model) -> Dict[str, str]:
+        """Beside the SEG, in the same upload: its measurement report (SR) and, with ``dicomweb_rtstruct``,
+        its RT Structure Set. Returns their series UIDs (``measurement_report``, ``rtstruct``)."""
+        from lib.measurements.on_image import measure_on_image
+        from lib.pacs.rtstruct import write_rtstruct
+        from lib.pacs.sr import write_sr
+
+        names = {s["value"]: s["name"] for s in seg["segments"]}
+        algorithm = f"MONAI Label {model}" if model else "MONAI Label"
+        # The frames (slice, row, column) are the NIfTI's voxels (i, j, k) reversed: its converter wrote it so.
+        measured = measure_on_image(frames.transpose(2, 1, 0), image_uri, names)
+        sources = self.source_files(image_id)
+        _, sr = self._queue.add(
+            image_id, stamp, 1, "SR",
+            lambda path: write_sr(seg_file, sources, seg["segments"], measured, path, algorithm=algorithm, version=self._app_version),
+        )  # fmt: skip
+        reports = {"measurement_report": sr["SeriesInstanceUID"]}
+        if self._rtstruct:
+            _, rt = self._queue.add(
+                image_id, stamp, 2, "RTSTRUCT",
+                lambda path: write_rtstruct(sources, frames, names, path, algorithm=algorithm, version=self._app_version),
+            )  # fmt: skip
+            reports["rtstruct"] = rt["SeriesInstanceUID"]
+        return reports
 
     def _label_frames(self, image_id: str, image_uri: str, label_filename: str) -> np.ndarray:
         """The label resampled (nearest, identity) on the series' own grid: frames x rows x cols in

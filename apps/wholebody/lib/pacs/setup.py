@@ -81,6 +81,7 @@ def create(url: str, options: Conf, model_labels: Mapping[str, Mapping[str, int]
         retry_s=options.float("dicomweb_retry_s", 30.0, low=0.5),
         label_names=label_names_for(model_labels),
         app_version=version,
+        rtstruct=options.bool("dicomweb_rtstruct", False),
     )
     store.check_connection()
     return store

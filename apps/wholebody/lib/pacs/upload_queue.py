@@ -16,7 +16,8 @@ import logging
 import os
 import shutil
 import threading
-from typing import Any, Callable, Dict, List, Optional
+from contextlib import contextmanager
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from lib.datastore.atomic import write_json_atomically
 from lib.pacs.connection import PacsConnection, PacsRefused, PacsUnavailable
@@ -35,20 +36,30 @@ class UploadQueue:
         self.folder = folder
         self.refused_dir = os.path.join(folder, "refused")
         self.retry_s = retry_s
+        self._lock_path = os.path.join(folder, ".upload.lock")
         self._on_stored = on_stored
         os.makedirs(self.refused_dir, exist_ok=True)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._retry_loop, name="PACS-upload-retry", daemon=True)
         self._thread.start()
 
-    def add(self, image_id: str, stamp: int, order: int, kind: str, write: Callable[[str], Dict[str, Any]]) -> Dict[str, Any]:
+    def add(self, image_id: str, stamp: int, order: int, kind: str, write: Callable[[str], Dict[str, Any]]) -> tuple[str, Dict[str, Any]]:
         """Queues the object ``write(path)`` writes (returning its UIDs: ``SeriesInstanceUID`` ...); it
-        appears whole or not at all. Returns what ``write`` returned."""
+        appears whole or not at all. Returns its path in the queue and what ``write`` returned."""
         path = os.path.join(self.folder, f"{image_id}.{stamp}.{order}-{kind.lower()}.dcm")
         info = write(path + ".part")
         write_json_atomically(path + ".json", {"image": image_id, "kind": kind, "series": info["SeriesInstanceUID"], "info": info, "saved": stamp / 1e9})
         os.replace(path + ".part", path)
-        return info
+        return path, info
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """No upload meanwhile (in any process): objects added together (a SEG, then the SR that reads it
+        from the queue) are all there before the first one leaves."""
+        from filelock import FileLock
+
+        with FileLock(self._lock_path):
+            yield
 
     def pending(self) -> List[str]:
         return sorted(f for f in os.listdir(self.folder) if f.endswith(".dcm"))
@@ -86,7 +97,7 @@ class UploadQueue:
 
         stored = 0
         try:
-            lock = FileLock(os.path.join(self.folder, ".upload.lock"), timeout=0)
+            lock = FileLock(self._lock_path, timeout=0)
             lock.acquire()
         except Timeout:
             return 0  # another process is uploading
