@@ -14,6 +14,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from lib.pacs.new_object import MANUFACTURER, uids
 from lib.pacs.seg import display_color
 
 RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
@@ -78,7 +79,7 @@ def write_rtstruct(
     ds.SeriesDate, ds.SeriesTime = ds.InstanceCreationDate, ds.InstanceCreationTime
     ds.SeriesDescription = series_description[:64]
     ds.OperatorsName = ""
-    ds.Manufacturer, ds.ManufacturerModelName, ds.SoftwareVersions = "MONAI Label", algorithm[:64], version or "0"
+    ds.Manufacturer, ds.ManufacturerModelName, ds.SoftwareVersions = MANUFACTURER, algorithm[:64], version or "0"
     ds.InstanceNumber = 1
     ds.StructureSetLabel = "MONAI Label"[:16]
     ds.StructureSetDate, ds.StructureSetTime = ds.InstanceCreationDate, ds.InstanceCreationTime
@@ -133,12 +134,7 @@ def write_rtstruct(
     ds.ROIContourSequence = DicomSequence(contour_items)
     ds.RTROIObservationsSequence = DicomSequence(observations)
     ds.save_as(output_file, write_like_original=False)
-    return {
-        "SeriesInstanceUID": str(ds.SeriesInstanceUID),
-        "SOPInstanceUID": str(ds.SOPInstanceUID),
-        "StudyInstanceUID": str(ds.StudyInstanceUID),
-        "rois": rois,
-    }
+    return {**uids(ds), "rois": rois}
 
 
 def _pixel_to_patient(source):

@@ -34,6 +34,8 @@ def write_sr(
     import highdicom as hd
     import pydicom
 
+    from lib.pacs.new_object import new_series, saved
+
     def concept(code: tuple[str, str, str]) -> hd.sr.CodedConcept:
         return hd.sr.CodedConcept(value=code[0], scheme_designator=code[1], meaning=code[2])
 
@@ -79,19 +81,8 @@ def write_sr(
     sr = hd.sr.Comprehensive3DSR(
         evidence=[seg, *sources],
         content=report,
-        series_instance_uid=hd.UID(),
-        series_number=SR_SERIES_NUMBER,
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer="MONAI Label",
+        **new_series(SR_SERIES_NUMBER),
         is_complete=True,
         series_description=series_description[:64],
     )
-    sr.SeriesDate, sr.SeriesTime = sr.ContentDate, sr.ContentTime
-    sr.save_as(output_file)
-    return {
-        "SeriesInstanceUID": str(sr.SeriesInstanceUID),
-        "SOPInstanceUID": str(sr.SOPInstanceUID),
-        "StudyInstanceUID": str(sr.StudyInstanceUID),
-        "segments": len(groups),
-    }
+    return {**saved(sr, output_file), "segments": len(groups)}
