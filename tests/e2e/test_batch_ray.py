@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 import os
 
+import highdicom as hd
 import nibabel as nib
 import numpy as np
 import pandas
 import pytest
 import torch
 
-from conftest import APP, CT, PACS_SERIES, retrieve_segs, series_uids
+from conftest import APP, CT, PACS_SERIES, dciodvfy_errors, retrieve_instances, retrieve_segs, series_uids
 
 pytestmark = pytest.mark.e2e
 
@@ -152,7 +153,7 @@ def test_batch_on_ray_from_a_pacs_stores_segs_back(orthanc, pacs_tools, model_di
     login.chmod(0o600)
     out = tmp_path / "out"
     argv = [
-        "--studies", orthanc.dicomweb_url, "--credentials", str(login), "--out", str(out), "--to-pacs", "--lowres",
+        "--studies", orthanc.dicomweb_url, "--credentials", str(login), "--out", str(out), "--to-pacs", "--rtstruct", "--lowres",
         "--model-dir", str(model_dir), "--cpus", "2", "--object-store-mb", "500", "--actor-threads", str(THREADS),
     ]
 
@@ -165,6 +166,15 @@ def test_batch_on_ray_from_a_pacs_stores_segs_back(orthanc, pacs_tools, model_di
     assert str(seg.SeriesInstanceUID) == record["pacs"]["seg"] and seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series_uid
     assert seg.ContentLabel == "ORIGINAL" and not is_training_label(seg)
     assert len(seg.SegmentSequence) == record["pacs"]["segments"] > 5
+    # Beside it, its measurement report and (--rtstruct) its RT Structure Set, both valid.
+    (sr,) = retrieve_instances(orthanc, "SR")
+    (rt,) = retrieve_instances(orthanc, "RTSTRUCT")
+    assert (str(sr.SeriesInstanceUID), str(rt.SeriesInstanceUID)) == (record["pacs"]["measurement_report"], record["pacs"]["rtstruct"])
+    for name, dataset in (("sr", sr), ("rtstruct", rt)):
+        dataset.save_as(str(tmp_path / f"{name}.dcm"))
+        assert dciodvfy_errors(tmp_path / f"{name}.dcm") == [], name
+    assert len(rt.StructureSetROISequence) == len(seg.SegmentSequence)
+    assert len(hd.sr.srread(str(tmp_path / "sr.dcm")).content.get_volumetric_roi_measurement_groups()) == len(seg.SegmentSequence)
 
     torch.set_num_threads(THREADS)
     fetched = next((out / "dicomweb").glob(f"{series_uid}.nii*"))
@@ -172,4 +182,4 @@ def test_batch_on_ray_from_a_pacs_stores_segs_back(orthanc, pacs_tools, model_di
     assert np.array_equal(labels, np.asarray(infer_reference(model_dir, str(fetched)).dataobj))
 
     assert main(argv) == 0
-    assert len(series_uids(orthanc, Modality="SEG")) == 1, "a rerun stores nothing again"
+    assert [len(series_uids(orthanc, Modality=m)) for m in ("SEG", "SR", "RTSTRUCT")] == [1, 1, 1], "a rerun stores nothing again"

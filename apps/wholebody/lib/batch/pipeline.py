@@ -1,8 +1,8 @@
 """Batch segmentation on Ray Data: studies stream through stages that scale independently.
 
     fetch (DICOMweb only; I/O tasks) -> preprocessing (CPU tasks) -> network (actors that load the
-    checkpoint once: one per GPU, or N CPU actors) -> inversion + writing (CPU tasks) -> SEG + STOW back
-    to the PACS (``to_pacs``; I/O tasks)
+    checkpoint once: one per GPU, or N CPU actors) -> inversion + writing + measurements (CPU tasks) ->
+    SEG + measurement report (SR) + optionally RTSTRUCT, STOW back to the PACS (``to_pacs``; I/O tasks)
 
 Every stage is a Ray Data ``map`` over one row per study. A row carries the study, its stage timings, a
 failure reason once a stage failed (later stages pass it on untouched, so one bad study never stops the
@@ -82,6 +82,7 @@ def run(
     resources: Resources = Resources(),
     checkpoint: str | None = None,
     to_pacs: bool = False,
+    rtstruct: bool = False,
     overlap: float | None = None,
     channels_last: bool = True,
     retry_failed: bool = False,
@@ -91,6 +92,8 @@ def run(
     Manifest.settled); returns the run's summary (counts, seconds per stage, studies per hour)."""
     if to_pacs and not source.remote:
         raise BatchError("--to-pacs needs DICOMweb studies (--studies http(s)://.../dicom-web)")
+    if rtstruct and not to_pacs:
+        raise BatchError("--rtstruct stores RT Structure Sets in the PACS: it needs --to-pacs")
     os.makedirs(out_dir, exist_ok=True)
     start = time.monotonic()
     ray = _Ray(resources)
@@ -107,7 +110,7 @@ def run(
         progress = Progress(len(todo), skipped=len(settled))
         stage_seconds: dict[str, float] = {}
         if todo:
-            for row in _dataset(ray.connect(), todo, source, out_dir, model, resources, to_pacs).iter_rows():
+            for row in _dataset(ray.connect(), todo, source, out_dir, model, resources, to_pacs, rtstruct).iter_rows():
                 timings = json.loads(row["timings"])
                 for stage, seconds in timings.items():
                     stage_seconds[stage] = stage_seconds.get(stage, 0.0) + seconds
@@ -197,7 +200,7 @@ class _Ray:
             shutil.rmtree(self._temp_dir, ignore_errors=True)
 
 
-def _dataset(ray, todo: list[Study], source, out_dir: str, model: ModelRun, resources: Resources, to_pacs: bool):
+def _dataset(ray, todo: list[Study], source, out_dir: str, model: ModelRun, resources: Resources, to_pacs: bool, rtstruct: bool):
     import ray.data
 
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # its per-dataset INFO lines; progress is ours
@@ -225,7 +228,7 @@ def _dataset(ray, todo: list[Study], source, out_dir: str, model: ModelRun, reso
     )
     dataset = dataset.map(_Stage("write", _invert_and_write, (out_dir, model)), num_cpus=CPU_TASK_CPUS)
     if to_pacs:
-        dataset = dataset.map(_Stage("pacs", _store_seg, (source, out_dir)), num_cpus=IO_TASK_CPUS)
+        dataset = dataset.map(_Stage("pacs", _store_seg, (source, out_dir, rtstruct)), num_cpus=IO_TASK_CPUS)
     return dataset
 
 
@@ -292,7 +295,7 @@ def _invert_and_write(row, inferred: dict, context) -> dict[str, str]:
 def _store_seg(row, written: dict, context) -> dict[str, Any]:
     from lib.labels import wholebody_labels
 
-    source, out_dir = context
+    source, out_dir, rtstruct = context
     names = {value: name for name, value in wholebody_labels().items()}
-    pacs = source.store_seg(row["study"], row["image"], os.path.join(out_dir, written["label"]), names, PACS_LABEL_TAG)
+    pacs = source.store_seg(row["study"], row["image"], os.path.join(out_dir, written["label"]), names, PACS_LABEL_TAG, rtstruct)
     return {**written, "pacs": pacs}
