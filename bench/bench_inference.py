@@ -275,8 +275,8 @@ def print_case(r: dict) -> None:
             # Same run, same process: the measurements' share of the request (on by default in /infer).
             stages = o["stages_s"]
             inference = stages.get("infer", stages.get("segment"))
-            print(f"   measurements    {stages['measurements']:.3f} s = {ratio(stages['measurements'], inference)} the inference stage, "
-                  f"{100 * stages['measurements'] / o['latency_s']:.1f} % of the request")
+            print(f"   measurements    {stages['measurements']:.3f} s = {100 * stages['measurements'] / inference:.2f} % of the inference "
+                  f"stage, {100 * stages['measurements'] / o['latency_s']:.2f} % of the request")
 
 
 def print_growth(results: list[dict]) -> None:

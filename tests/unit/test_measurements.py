@@ -63,7 +63,16 @@ def _assert_matches(found, labels, hu, affine_ras):
         np.testing.assert_allclose(m["bbox_lps_mm"], expected["bbox_lps_mm"], atol=1e-9)
 
 
-def test_figures_match_numpy_per_structure():
+@pytest.fixture(params=[None, 700], ids=["one slab", "slabs of one row"])
+def slabs(request, monkeypatch):
+    """The volume in one slab, and in slabs of one first-axis row (as a full-size CT is cut)."""
+    from lib.measurements.structures import _Sums
+
+    if request.param:
+        monkeypatch.setattr(_Sums, "SLAB_VOXELS", request.param)
+
+
+def test_figures_match_numpy_per_structure(slabs):
     labels, hu = _volumes()
     found = measure(labels, hu, _ras_affine(), NAMES)
     assert [m["name"] for m in found] == ["liver", "spleen", "vertebrae_L1"]
@@ -77,14 +86,15 @@ def test_figures_match_numpy_per_structure():
     assert liver["bbox_lps_mm"][0] == pytest.approx([96.0 - 9 * 0.8, -46.25 - 19 * 1.25, 506.0])
 
 
-def test_fractional_hu_and_unnamed_labels():
+def test_fractional_hu_and_unnamed_labels(slabs):
     labels, hu = _volumes(seed=1)
-    image = hu.astype(np.float32) * 0.37 + 0.125
+    image = hu.astype(np.float32)
+    image[20:] = image[20:] * 0.37 + 0.125  # integer HU in the first slabs only
     found = measure(labels, image, _ras_affine(), {})
     assert [m["name"] for m in found] == ["label_1", "label_2", "label_7"]
     for m in found:
         expected = _expected(labels, image, _ras_affine(), m["label"])
-        for key in ("hu_median", "hu_p5", "hu_p95", "hu_mean"):
+        for key in ("hu_median", "hu_p5", "hu_p95", "hu_mean", "hu_std"):
             assert m[key] == pytest.approx(expected[key], abs=1e-6)
 
 
