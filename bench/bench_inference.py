@@ -164,10 +164,19 @@ def child(spec: dict) -> dict:
         network = load_network(spec)
         affine = nib.load(spec["image"]).affine
 
+        from lib.labels import wholebody_labels
+        from lib.measurements.on_image import measure_on_image
+
+        names = {value: name for name, value in wholebody_labels().items()}
+
         def run_once() -> dict:
+            start = time.perf_counter()
             labels = pipeline.segment(spec["image"], network, PIXDIM[spec["highres"]], ROI_SIZE, OVERLAP, spec["device"])
+            inferred = time.perf_counter()
+            measure_on_image(labels, spec["image"], names)  # what /infer adds to its answer by default
+            measured = time.perf_counter()
             nib.save(nib.Nifti1Image(np.asarray(labels.cpu()), affine), spec["result"])
-            return {}
+            return {"segment": inferred - start, "measurements": measured - inferred}
 
     else:
         import itk
@@ -262,6 +271,12 @@ def print_case(r: dict) -> None:
         print(f"   agreement       {r['agreement']:.6f}  ({r['labels_ref']} labels in reference, {r['labels_ours']} in ours)")
     if o.get("stages_s"):
         print("   ours stages s:  " + ", ".join(f"{k} {v:.2f}" for k, v in o["stages_s"].items()))
+        if "measurements" in o["stages_s"]:
+            # Same run, same process: the measurements' share of the request (on by default in /infer).
+            stages = o["stages_s"]
+            inference = stages.get("infer", stages.get("segment"))
+            print(f"   measurements    {stages['measurements']:.3f} s = {100 * stages['measurements'] / inference:.2f} % of the inference "
+                  f"stage, {100 * stages['measurements'] / o['latency_s']:.2f} % of the request")
 
 
 def print_growth(results: list[dict]) -> None:

@@ -7,7 +7,7 @@
 set -euo pipefail
 
 [ "${WHOLEBODY_SKIP_SYSTEM_PACKAGES:-0}" = 1 ] && exit 0
-packages=(orthanc orthanc-dicomweb chromium fonts-dejavu-core)
+packages=(orthanc orthanc-dicomweb chromium fonts-dejavu-core dicom3tools)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -41,6 +41,31 @@ def pytest_runtest_setup(item):
         pytest.fail(f"shared test data missing: {missing}; the tests need ../shared/data beside the clone", pytrace=False)
 
 
+def dciodvfy_errors(path) -> list[str]:
+    """The errors David Clunie's DICOM validator (Debian dicom3tools, scripts/install-system-packages.sh)
+    finds in a file; its warnings are not errors."""
+    if not shutil.which("dciodvfy"):
+        pytest.fail("dciodvfy not found: install Debian's dicom3tools (scripts/install-system-packages.sh)", pytrace=False)
+    run = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+    return [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]
+
+
+def shared_series_with_label():
+    """The shared PACS series (JPEG 2000) and TotalSegmentator's label for it on the series' grid: (its files in
+    slice order, the series as a SimpleITK image, the label's frames (slice, row, column), value -> name)."""
+    import SimpleITK as sitk
+    import numpy as np
+
+    reader = sitk.ImageSeriesReader()
+    files = list(reader.GetGDCMSeriesFileNames(str(PACS_SERIES)))
+    reader.SetFileNames(files)
+    image = reader.Execute()
+    label = sitk.ReadImage(str(PACS_SERIES_SEG))
+    frames = sitk.GetArrayFromImage(sitk.Resample(label, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8))
+    classes = json.loads(TOTALSEGMENTATOR_CLASSES.read_text())["total_v2"]
+    return files, image, frames, {int(v): classes[str(v)] for v in np.unique(frames) if v}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -219,15 +244,20 @@ def series_uids(orthanc, **filters) -> list[str]:
     return [str(pydicom.Dataset.from_json(s).SeriesInstanceUID) for s in found]
 
 
-def retrieve_segs(orthanc) -> list:
+def retrieve_instances(orthanc, modality: str) -> list:
+    """Every instance of the PACS's series of this modality (SEG, SR, RTSTRUCT)."""
     import pydicom
 
     client = pacs_client(orthanc)
-    segs = []
-    for item in client.search_for_series(search_filters={"Modality": "SEG"}):
+    instances = []
+    for item in client.search_for_series(search_filters={"Modality": modality}):
         meta = pydicom.Dataset.from_json(item)
-        segs += client.retrieve_series(str(meta.StudyInstanceUID), str(meta.SeriesInstanceUID))
-    return segs
+        instances += client.retrieve_series(str(meta.StudyInstanceUID), str(meta.SeriesInstanceUID))
+    return instances
+
+
+def retrieve_segs(orthanc) -> list:
+    return retrieve_instances(orthanc, "SEG")
 
 
 def start_on_pacs(start_server, orthanc, monkeypatch, tmp_path, **conf):

@@ -111,18 +111,18 @@ class WholeBodyApp(MONAILabelApp):
             return None
         return CheckedSessions(settings.MONAI_LABEL_SESSION_PATH, settings.MONAI_LABEL_SESSION_EXPIRY, self.max_voxels)
 
-    # --- remote datastore: a DICOMweb PACS (lib/pacs/datastore.py; README "Hospital set-up") ---
+    # --- remote datastore: a DICOMweb PACS (lib/pacs/; README "Hospital set-up") ---
     def init_remote_datastore(self) -> Datastore:
         """``--studies http(s)://.../dicom-web``: series from the PACS, labels back as DICOM SEG
         written in Python. Never downloads dcmqi (stock MONAI Label does, and crashes offline)."""
         from monailabel.config import settings
 
-        from lib.pacs import datastore as dicomweb_datastore
+        from lib.pacs import setup as pacs_setup
 
         if settings.MONAI_LABEL_DATASTORE.lower() in ("xnat", "dsa"):
             return super().init_remote_datastore()
         model_labels = {name: dict(getattr(config, "labels", None) or {}) for name, config in self.models.items()}
-        store = dicomweb_datastore.create(self.studies, self.options, model_labels, "0.1.0")
+        store = pacs_setup.create(self.studies, self.options, model_labels, "0.1.0")
         if "monailabel.app" in sys.modules:
             # Under the server: OHIF's proxy to the PACS, kept to DICOMweb (Google's with its tokens too).
             from lib.pacs import proxy as dicomweb_proxy

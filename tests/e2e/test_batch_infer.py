@@ -51,11 +51,19 @@ def infer_nifti(server, model: str, image: str, params: dict, path) -> np.ndarra
     return np.asarray(nib.load(str(path)).dataobj)
 
 
+def infer_json(server, model: str, image: str, params: dict) -> dict:
+    r = requests.post(
+        f"{server.url}/infer/{model}", params={"image": image, "output": "json"}, files={"params": (None, json.dumps(params))}, timeout=TIMEOUT
+    )
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
 @pytest.fixture
 def local_server(tmp_path, start_server):
     from monai.networks.nets import vista3d132
 
-    from lib.networks import wholebody_segresnet
+    from lib.networks import spleen_unet, wholebody_segresnet
 
     studies, model_dir = tmp_path / "studies", tmp_path / "model"
     studies.mkdir()
@@ -67,6 +75,12 @@ def local_server(tmp_path, start_server):
         (model_dir / relative).parent.mkdir(parents=True)
         torch.manual_seed(0)
         torch.save(network().eval().state_dict(), model_dir / relative)
+    # A spleen UNet that finds nothing: its last layer's background bias far above the spleen's.
+    spleen = spleen_unet().state_dict()
+    last_bias = [k for k, v in spleen.items() if k.endswith("bias") and v.shape == (2,)][-1]
+    spleen[last_bias] = torch.tensor([1e4, -1e4])
+    (model_dir / "spleen_ct_segmentation" / "models").mkdir(parents=True)
+    torch.save(spleen, model_dir / "spleen_ct_segmentation" / "models" / "model.pt")
     return start_server(conf={"highres": "false", "skip_trainers": "true"}, studies=studies, model_dir=model_dir)
 
 
@@ -98,6 +112,25 @@ def test_batch_infer_on_a_folder(local_server, tmp_path):
     labels = np.asarray(nib.load(str(server.studies / "labels" / "batch" / "a_crop.nii.gz")).dataobj)
     expected = infer_nifti(server, "wholebody", "a_crop", {"highres": False}, tmp_path / "a_crop.nii.gz")
     assert len(np.unique(expected)) > 10 and np.array_equal(labels, expected)
+
+    # /infer's answer measures every structure it holds, named as label_names name them; so does the batch's.
+    answer_json = infer_json(server, "wholebody", "a_crop", {"highres": False})
+    measured = answer_json["measurements"]
+    names = {value: name for name, value in answer_json["label_names"].items()}
+    hu = np.asarray(nib.load(str(server.studies / "a_crop.nii.gz")).dataobj)
+    assert [m["label"] for m in measured] == sorted(set(np.unique(expected).tolist()) - {0})
+    for m in measured:
+        mask = expected == m["label"]
+        assert m["name"] == names[m["label"]] and m["voxels"] == mask.sum(), m
+        assert m["volume_ml"] == pytest.approx(mask.sum() * 27 / 1000) and m["hu_mean"] == pytest.approx(hu[mask].mean()), m
+    assert answer_json["latencies"]["measurements"] < answer_json["latencies"]["total"]
+    assert answer["a_crop"]["params"]["measurements"] == measured
+    assert "measurements" not in infer_json(server, "wholebody", "a_crop", {"highres": False, "measurements": False})
+    r = requests.post(f"{server.url}/infer/wholebody", params={"image": "a_crop", "output": "json"}, files={"params": (None, json.dumps({"measurements": "some"}))}, timeout=TIMEOUT)
+    assert r.status_code == 422 and "'measurements' must be true or false" in r.json()["detail"], r.text
+    # A spleen model that finds nothing: an empty list, not an error.
+    spleen = infer_json(server, "spleen", "a_crop", {})
+    assert spleen["measurements"] == [], spleen["measurements"][:2]
 
     # spleen in the background: the status ends DONE with the summary, labels under the tag.
     r = batch(server, "spleen", {"label_tag": "spleen_batch", "multi_gpu": False})

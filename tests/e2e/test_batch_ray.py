@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 import os
 
+import highdicom as hd
 import nibabel as nib
 import numpy as np
+import pandas
 import pytest
 import torch
 
-from conftest import APP, CT, PACS_SERIES, retrieve_segs, series_uids
+from conftest import APP, CT, PACS_SERIES, dciodvfy_errors, retrieve_instances, retrieve_segs, series_uids
 
 pytestmark = pytest.mark.e2e
 
@@ -108,6 +110,21 @@ def test_batch_on_ray_matches_infer_records_the_failure_and_resumes(studies, mod
         assert np.array_equal(labels, expected), f"{name}: {(labels != expected).sum()} voxels differ from /infer"
         np.testing.assert_allclose(ours.affine, reference.affine, atol=1e-5)
 
+    # The cohort table next to the manifest: one row per study and structure present, as /infer measures them.
+    table = pandas.read_csv(out / "measurements.csv")
+    assert sorted(table["study"].unique()) == sorted(CROPS)
+    for name in CROPS:
+        rows = table[table["study"] == name].set_index("label")
+        labels = np.asarray(nib.load(str(out / by_study[name]["label"])).dataobj)
+        hu = np.asarray(nib.load(str(studies / f"{name}.nii.gz")).dataobj)
+        present = sorted(set(np.unique(labels).tolist()) - {0})
+        assert rows.index.tolist() == present
+        for value in present[:5]:
+            mask = labels == value
+            assert rows.loc[value, "voxels"] == mask.sum() and rows.loc[value, "hu_mean"] == pytest.approx(hu[mask].mean())
+            assert rows.loc[value, "volume_ml"] == pytest.approx(mask.sum() * 0.027)
+    table_written = os.stat(out / "measurements.csv").st_mtime_ns
+
     written = {name: os.stat(out / by_study[name]["label"]).st_mtime_ns for name in CROPS}
     code, lines = batch(studies, out, model_dir, capsys)
     assert code == 0
@@ -116,6 +133,9 @@ def test_batch_on_ray_matches_infer_records_the_failure_and_resumes(studies, mod
     assert {name: os.stat(out / by_study[name]["label"]).st_mtime_ns for name in CROPS} == written
     rerun = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()][len(records):]
     assert [list(r) for r in rerun] == [["run"]] and rerun[0]["run"]["todo"] == 0
+    # The rerun rebuilt the table from the same studies' rows.
+    assert os.stat(out / "measurements.csv").st_mtime_ns > table_written
+    assert pandas.read_csv(out / "measurements.csv").equals(table)
 
 
 def test_batch_on_ray_from_a_pacs_stores_segs_back(orthanc, pacs_tools, model_dir, tmp_path, capsys, monkeypatch, ray_shutdown):
@@ -133,7 +153,7 @@ def test_batch_on_ray_from_a_pacs_stores_segs_back(orthanc, pacs_tools, model_di
     login.chmod(0o600)
     out = tmp_path / "out"
     argv = [
-        "--studies", orthanc.dicomweb_url, "--credentials", str(login), "--out", str(out), "--to-pacs", "--lowres",
+        "--studies", orthanc.dicomweb_url, "--credentials", str(login), "--out", str(out), "--to-pacs", "--rtstruct", "--lowres",
         "--model-dir", str(model_dir), "--cpus", "2", "--object-store-mb", "500", "--actor-threads", str(THREADS),
     ]
 
@@ -146,6 +166,15 @@ def test_batch_on_ray_from_a_pacs_stores_segs_back(orthanc, pacs_tools, model_di
     assert str(seg.SeriesInstanceUID) == record["pacs"]["seg"] and seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series_uid
     assert seg.ContentLabel == "ORIGINAL" and not is_training_label(seg)
     assert len(seg.SegmentSequence) == record["pacs"]["segments"] > 5
+    # Beside it, its measurement report and (--rtstruct) its RT Structure Set, both valid.
+    (sr,) = retrieve_instances(orthanc, "SR")
+    (rt,) = retrieve_instances(orthanc, "RTSTRUCT")
+    assert (str(sr.SeriesInstanceUID), str(rt.SeriesInstanceUID)) == (record["pacs"]["measurement_report"], record["pacs"]["rtstruct"])
+    for name, dataset in (("sr", sr), ("rtstruct", rt)):
+        dataset.save_as(str(tmp_path / f"{name}.dcm"))
+        assert dciodvfy_errors(tmp_path / f"{name}.dcm") == [], name
+    assert len(rt.StructureSetROISequence) == len(seg.SegmentSequence)
+    assert len(hd.sr.srread(str(tmp_path / "sr.dcm")).content.get_volumetric_roi_measurement_groups()) == len(seg.SegmentSequence)
 
     torch.set_num_threads(THREADS)
     fetched = next((out / "dicomweb").glob(f"{series_uid}.nii*"))
@@ -153,4 +182,4 @@ def test_batch_on_ray_from_a_pacs_stores_segs_back(orthanc, pacs_tools, model_di
     assert np.array_equal(labels, np.asarray(infer_reference(model_dir, str(fetched)).dataobj))
 
     assert main(argv) == 0
-    assert len(series_uids(orthanc, Modality="SEG")) == 1, "a rerun stores nothing again"
+    assert [len(series_uids(orthanc, Modality=m)) for m in ("SEG", "SR", "RTSTRUCT")] == [1, 1, 1], "a rerun stores nothing again"

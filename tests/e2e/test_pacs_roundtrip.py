@@ -20,7 +20,9 @@ from conftest import (
     ROOT,
     SHARED,
     correction_record,
+    dciodvfy_errors,
     free_port,
+    retrieve_instances,
     retrieve_segs,
     series_uids,
     slicer_client_class,
@@ -118,7 +120,7 @@ def test_orthanc_roundtrip_infer_save_seg_and_pacs_outage(orthanc, pacs_tools, s
     (study_uid, (series_uid,)), = ((k, tuple(v)) for k, v in stored.items())
 
     t = time.time()
-    server = start_on_pacs(start_server, orthanc, monkeypatch, tmp_path)
+    server = start_on_pacs(start_server, orthanc, monkeypatch, tmp_path, dicomweb_rtstruct="true")
     timings["start"] = time.time() - t
     log = server.log.read_text()
     assert "dcmqi" not in log.lower(), "stock MONAI Label downloads dcmqi at start-up; this app never does"
@@ -190,6 +192,31 @@ def test_orthanc_roundtrip_infer_save_seg_and_pacs_outage(orthanc, pacs_tools, s
     assert read_back.number_of_segments == len(present)
     assert {uid for _, series, uid in read_back.get_source_image_uids() if series == series_uid}
 
+    # Beside the SEG, its measurement report (SR, TID 1500): valid, each segment's volume and mean HU.
+    assert wait_for(lambda: len(series_uids(orthanc, Modality="SR")) == 1, timeout=60), "SR never reached the PACS"
+    (sr,) = retrieve_instances(orthanc, "SR")
+    sr.save_as(str(tmp_path / "sr.dcm"))
+    assert dciodvfy_errors(tmp_path / "sr.dcm") == []
+    assert sr.StudyInstanceUID == study_uid and sr.Modality == "SR"
+    groups = hd.sr.srread(str(tmp_path / "sr.dcm")).content.get_volumetric_roi_measurement_groups()
+    assert len(groups) == len(present)
+    labelled = sitk.GetArrayFromImage(label)
+    hu = sitk.GetArrayFromImage(sitk.ReadImage(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(PACS_SERIES))))
+    for group in groups:
+        assert group.referenced_segment.referenced_sop_instance_uid == seg.SOPInstanceUID
+        (number,) = group.referenced_segment.referenced_segment_numbers
+        mask = labelled == present[number - 1]
+        volume, attenuation = group.get_measurements()
+        assert volume.value == pytest.approx(mask.sum() * np.prod(label.GetSpacing()) / 1000, rel=1e-6)
+        assert attenuation.value == pytest.approx(hu[mask].mean(), abs=1e-3)
+
+    # On request (--conf dicomweb_rtstruct true), an RT Structure Set too: valid, one ROI per segment.
+    assert wait_for(lambda: len(series_uids(orthanc, Modality="RTSTRUCT")) == 1, timeout=60), "RTSTRUCT never reached the PACS"
+    (rt,) = retrieve_instances(orthanc, "RTSTRUCT")
+    rt.save_as(str(tmp_path / "rtstruct.dcm"))
+    assert dciodvfy_errors(tmp_path / "rtstruct.dcm") == []
+    assert rt.StudyInstanceUID == study_uid and [str(r.ROIName) for r in rt.StructureSetROISequence] == [by_value[v] for v in present]
+
     stats = requests.get(f"{server.url}/datastore/", params={"output": "stats"}, timeout=60).json()
     assert stats["completed"] == 1, stats
 
@@ -209,7 +236,8 @@ def test_orthanc_roundtrip_infer_save_seg_and_pacs_outage(orthanc, pacs_tools, s
     assert r.status_code == 200, r.text
     assert r.json()["pacs"]["status"] == "pending" and "kept on this server" in r.json()["pacs"]["detail"], r.json()
     stats = requests.get(f"{server.url}/datastore/", params={"output": "stats"}, timeout=60).json()
-    assert stats["pacs"]["reachable"] is False and stats["pacs"]["pending_uploads"] == 1, stats
+    # The SEG, its SR and its RTSTRUCT wait.
+    assert stats["pacs"]["reachable"] is False and stats["pacs"]["pending_uploads"] == 3, stats
     # The record of this correction is the one a Slicer save gets: against the wholebody prediction served
     # (the save names the model; spleen answered later), each structure's voxels in the erased half removed.
     served = sitk.GetArrayFromImage(label)
@@ -232,7 +260,8 @@ def test_orthanc_roundtrip_infer_save_seg_and_pacs_outage(orthanc, pacs_tools, s
     assert len(newest) == 1 and np.array_equal(seg_on_label_grid(newest[0], edited_image, names), edited.astype(np.int64))
 
     # Another workstation (a fresh cache) trains on what the PACS holds: the newest SEG.
-    from lib.pacs.datastore import PacsDatastore, make_client
+    from lib.pacs.connection import make_client
+    from lib.pacs.datastore import PacsDatastore
 
     other = PacsDatastore(
         make_client(orthanc.dicomweb_url, orthanc.auth, 60, {}), {"Modality": "CT"}, str(tmp_path / "other-cache"),

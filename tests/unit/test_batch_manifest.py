@@ -26,6 +26,17 @@ def test_rerun_settles_done_and_lasting_failures_of_the_same_key_and_version(tmp
     assert manifest.settled("k2", versions) == set()
 
 
+def test_a_done_study_needs_its_measurement_rows(tmp_path):
+    manifest = Manifest(str(tmp_path))
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "labels" / "a.nii.gz").write_bytes(b"label")
+    (tmp_path / "a.csv").write_text("study\n")
+    manifest.record("a", "k", "done", version="v", label="labels/a.nii.gz", measurements="a.csv")
+    manifest.record("b", "k", "done", version="v", label="labels/a.nii.gz", measurements="b.csv")  # rows lost
+    assert sorted(manifest.done()) == ["a"]
+    assert manifest.settled("k", {"a": "v", "b": "v"}) == {"a"}
+
+
 def test_latest_record_wins_and_a_cut_line_is_ignored(tmp_path):
     manifest = Manifest(str(tmp_path))
     (tmp_path / "a.nii.gz").write_bytes(b"label")

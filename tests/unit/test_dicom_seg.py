@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -10,7 +9,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from conftest import PACS_SERIES, SHARED
+from conftest import PACS_SERIES, shared_series_with_label
 from lib.conf import Conf, ConfError
 from lib.labels import wholebody_labels
 from lib.labels.snomed import (
@@ -90,23 +89,10 @@ def test_cielab_of_white_and_black():
     assert rgb_to_dicom_lab((0, 0, 0))[0] == 0
 
 
-def series_and_label(tmp_path):
-    """The shared PACS series (JPEG 2000) and the TotalSegmentator label for it, on its grid."""
-    reader = sitk.ImageSeriesReader()
-    files = list(reader.GetGDCMSeriesFileNames(str(PACS_SERIES)))
-    reader.SetFileNames(files)
-    image = reader.Execute()
-    label = sitk.ReadImage(str(SHARED / "ct" / "example_ct_dicom_totalseg_v2.nii.gz"))
-    on_grid = sitk.Resample(label, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-    return files, sitk.GetArrayFromImage(on_grid)
-
-
 def test_seg_round_trip_on_the_shared_series(tmp_path):
-    files, labelmap = series_and_label(tmp_path)
-    values = [int(v) for v in np.unique(labelmap) if v]
+    files, _, labelmap, names = shared_series_with_label()
+    values = sorted(names)
     assert len(values) > 10
-    classes = json.loads((SHARED / "labels" / "totalsegmentator_classes.json").read_text())["total_v2"]
-    names = {v: classes[str(v)] for v in values}
 
     out = tmp_path / "seg.dcm"
     info = write_seg(files, labelmap, names, str(out), algorithm="MONAI Label wholebody", version="0.1.0")
@@ -146,7 +132,7 @@ def test_seg_round_trip_on_the_shared_series(tmp_path):
 
 
 def test_manual_label_and_empty_label(tmp_path):
-    files, labelmap = series_and_label(tmp_path)
+    files, _, labelmap, _ = shared_series_with_label()
     out = tmp_path / "manual.dcm"
     write_seg(files, (labelmap == 5).astype(np.uint8) * 7, {}, str(out))
     seg = pydicom.dcmread(out)
@@ -160,7 +146,7 @@ def test_manual_label_and_empty_label(tmp_path):
 
 
 def test_credentials_from_a_file_or_the_environment(tmp_path, monkeypatch):
-    from lib.pacs.datastore import read_credentials
+    from lib.pacs.setup import read_credentials
 
     for key in ("DICOMWEB", "DATASTORE"):
         monkeypatch.setattr(f"monailabel.config.settings.MONAI_LABEL_{key}_USERNAME", "")

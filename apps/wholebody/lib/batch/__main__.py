@@ -1,10 +1,11 @@
 """``python -m lib.batch`` (from apps/wholebody): segment every study of a folder or a DICOMweb PACS on Ray.
 
-    python -m lib.batch --studies DIR|DICOMWEB_URL --out DIR [--to-pacs] [--ray-address ADDR]
+    python -m lib.batch --studies DIR|DICOMWEB_URL --out DIR [--to-pacs [--rtstruct]] [--ray-address ADDR]
                         [--highres | --lowres] [--actors N] [--device auto|cpu|cuda] ...
 
 Labels go to ``OUT/labels/<study>.nii.gz`` (``/infer``'s labels for the same study, checkpoint and params),
-the record of each study to ``OUT/manifest.jsonl``; a rerun skips what is done (and what failed for
+their measurements to ``OUT/measurements.csv`` (one row per study and structure), the record of each study
+to ``OUT/manifest.jsonl``; a rerun skips what is done (and what failed for
 good: unreadable, not a CT; failures with the PACS are retried). Exit status: 0 when every
 study is done, 1 when some failed (their reasons are in the manifest), 2 when the run could not start.
 """
@@ -26,7 +27,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="wholebody", choices=["wholebody"], help="the model (default wholebody)")
     p.add_argument("--studies", required=True, help="a folder of CT files / DICOM series folders, or a DICOMweb URL")
     p.add_argument("--out", required=True, help="output folder: labels/, manifest.jsonl")
-    p.add_argument("--to-pacs", action="store_true", help="store each result as DICOM SEG in the PACS the series came from")
+    p.add_argument("--to-pacs", action="store_true", help="store each result as DICOM SEG, with its measurement report (SR), in the PACS the series came from")
+    p.add_argument("--rtstruct", action="store_true", help="with --to-pacs: also store an RT Structure Set beside each SEG")
     p.add_argument("--ray-address", help="an existing Ray cluster (e.g. ray://head:10001 or head:6379); default: Ray on this machine")
     res = p.add_mutually_exclusive_group()
     res.add_argument("--highres", dest="highres", action="store_true", default=True, help="1.5 mm model.pt (default)")
@@ -65,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             Resources(args.ray_address, args.cpus, args.object_store_mb, args.device, args.actors, args.actor_cpus, args.actor_threads),
             checkpoint=args.checkpoint,
             to_pacs=args.to_pacs,
+            rtstruct=args.rtstruct,
             overlap=args.sw_overlap,
             channels_last=args.channels_last,
             retry_failed=args.retry_failed,

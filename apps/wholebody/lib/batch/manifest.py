@@ -4,7 +4,7 @@ already done with the same checkpoint and params.
 Only the driver writes it. Each line is appended with one ``write`` of the whole line and fsynced, so a
 crash leaves at most a cut last line, which reading ignores (that study is simply done again). A run
 starts with a ``{"run": ...}`` line (its params, checkpoint and key); each study's line says ``done``
-(with the label file) or ``failed`` (with the reason), the run's ``key``, the study's version (size
+(with the label file and its measurements' rows) or ``failed`` (with the reason), the run's ``key``, the study's version (size
 and mtime of its file) and the seconds per stage.
 """
 
@@ -16,6 +16,7 @@ import time
 from typing import Any, Iterator
 
 FILE_NAME = "manifest.jsonl"
+OUTPUTS = ("label", "measurements")  # a done study's files, relative to the output folder
 
 
 class Manifest:
@@ -35,19 +36,34 @@ class Manifest:
                 if isinstance(record, dict):
                     yield record
 
-    def settled(self, key: str, versions: dict[str, str], retry_failed: bool = False) -> set[str]:
-        """Studies a rerun with this key leaves alone: done (label file still there) or failed for good
-        (unreadable, not a CT), both on the same version of the study. Failures talking to the PACS
-        (``retry``) are tried again, and every failure with ``retry_failed``."""
+    def latest(self) -> dict[str, dict[str, Any]]:
+        """Each study's last record."""
         latest: dict[str, dict] = {}
         for record in self.records():
             if "study" in record:
                 latest[record["study"]] = record
+        return latest
+
+    def done(self) -> dict[str, dict[str, Any]]:
+        """Studies whose last record is done, with their files (label, measurements) still there."""
+        return {
+            study: record
+            for study, record in self.latest().items()
+            if record.get("status") == "done"
+            and "label" in record
+            and all(os.path.isfile(os.path.join(self.out_dir, record[f])) for f in OUTPUTS if f in record)
+        }
+
+    def settled(self, key: str, versions: dict[str, str], retry_failed: bool = False) -> set[str]:
+        """Studies a rerun with this key leaves alone: done (label and measurement files still there) or
+        failed for good (unreadable, not a CT), both on the same version of the study. Failures talking to
+        the PACS (``retry``) are tried again, and every failure with ``retry_failed``."""
+        done = self.done()
         settled = set()
-        for study, record in latest.items():
+        for study, record in self.latest().items():
             if record.get("key") != key or record.get("version") != versions.get(study):
                 continue
-            if record.get("status") == "done" and os.path.isfile(os.path.join(self.out_dir, record.get("label", ""))):
+            if study in done:
                 settled.add(study)
             elif record.get("status") == "failed" and not record.get("retry") and not retry_failed:
                 settled.add(study)

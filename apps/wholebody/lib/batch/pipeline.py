@@ -1,15 +1,16 @@
 """Batch segmentation on Ray Data: studies stream through stages that scale independently.
 
     fetch (DICOMweb only; I/O tasks) -> preprocessing (CPU tasks) -> network (actors that load the
-    checkpoint once: one per GPU, or N CPU actors) -> inversion + writing (CPU tasks) -> SEG + STOW back
-    to the PACS (``to_pacs``; I/O tasks)
+    checkpoint once: one per GPU, or N CPU actors) -> inversion + writing + measurements (CPU tasks) ->
+    SEG + measurement report (SR) + optionally RTSTRUCT, STOW back to the PACS (``to_pacs``; I/O tasks)
 
 Every stage is a Ray Data ``map`` over one row per study. A row carries the study, its stage timings, a
 failure reason once a stage failed (later stages pass it on untouched, so one bad study never stops the
 run) and the payload between two stages (pickled: the preprocessed image with its applied operations,
 then the labels with what the inversion needs). The stages reserve different resources, which also
 keeps Ray Data from fusing preprocessing into the network actors. The driver writes the manifest and
-prints progress as rows come back, in the order they finish.
+prints progress as rows come back, in the order they finish, and ends with the cohort table
+(``lib.batch.cohort``: one row per study and structure, measured where the label is written).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from lib.batch import cohort
 from lib.batch.failures import failure_reason
 from lib.batch.manifest import Manifest
 from lib.batch.model import BatchError, ModelRun
@@ -80,6 +82,7 @@ def run(
     resources: Resources = Resources(),
     checkpoint: str | None = None,
     to_pacs: bool = False,
+    rtstruct: bool = False,
     overlap: float | None = None,
     channels_last: bool = True,
     retry_failed: bool = False,
@@ -89,6 +92,8 @@ def run(
     Manifest.settled); returns the run's summary (counts, seconds per stage, studies per hour)."""
     if to_pacs and not source.remote:
         raise BatchError("--to-pacs needs DICOMweb studies (--studies http(s)://.../dicom-web)")
+    if rtstruct and not to_pacs:
+        raise BatchError("--rtstruct stores RT Structure Sets in the PACS: it needs --to-pacs")
     os.makedirs(out_dir, exist_ok=True)
     start = time.monotonic()
     ray = _Ray(resources)
@@ -105,7 +110,7 @@ def run(
         progress = Progress(len(todo), skipped=len(settled))
         stage_seconds: dict[str, float] = {}
         if todo:
-            for row in _dataset(ray.connect(), todo, source, out_dir, model, resources, to_pacs).iter_rows():
+            for row in _dataset(ray.connect(), todo, source, out_dir, model, resources, to_pacs, rtstruct).iter_rows():
                 timings = json.loads(row["timings"])
                 for stage, seconds in timings.items():
                     stage_seconds[stage] = stage_seconds.get(stage, 0.0) + seconds
@@ -118,6 +123,7 @@ def run(
                     result = pickle.loads(row["payload"])
                     manifest.record(study.id, model.key, "done", version=study.version, seconds=timings, **result)
                     echo(progress.update(study.id))
+        table = cohort.assemble(out_dir, {study: r["measurements"] for study, r in manifest.done().items() if "measurements" in r})
         wall = time.monotonic() - start
         summary = {
             "studies": len(studies),
@@ -128,6 +134,7 @@ def run(
             "studies_per_hour": round(3600.0 * progress.finished / wall, 2) if progress.finished else 0.0,
             "stage_seconds": {k: round(v, 2) for k, v in stage_seconds.items()},
             "key": model.key,
+            "measurements": os.path.relpath(table, out_dir),
         }
         echo(f"finished: {json.dumps(summary)}")
         return summary
@@ -193,7 +200,7 @@ class _Ray:
             shutil.rmtree(self._temp_dir, ignore_errors=True)
 
 
-def _dataset(ray, todo: list[Study], source, out_dir: str, model: ModelRun, resources: Resources, to_pacs: bool):
+def _dataset(ray, todo: list[Study], source, out_dir: str, model: ModelRun, resources: Resources, to_pacs: bool, rtstruct: bool):
     import ray.data
 
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # its per-dataset INFO lines; progress is ours
@@ -221,7 +228,7 @@ def _dataset(ray, todo: list[Study], source, out_dir: str, model: ModelRun, reso
     )
     dataset = dataset.map(_Stage("write", _invert_and_write, (out_dir, model)), num_cpus=CPU_TASK_CPUS)
     if to_pacs:
-        dataset = dataset.map(_Stage("pacs", _store_seg, (source, out_dir)), num_cpus=IO_TASK_CPUS)
+        dataset = dataset.map(_Stage("pacs", _store_seg, (source, out_dir, rtstruct)), num_cpus=IO_TASK_CPUS)
     return dataset
 
 
@@ -272,18 +279,23 @@ def _preprocess(row, path: str, context):
 
 
 def _invert_and_write(row, inferred: dict, context) -> dict[str, str]:
+    """The label file and the study's rows of the cohort table (measured on the input's grid, as /infer does)."""
     from lib.batch.stages import LABEL_EXTENSION, invert_and_write
+    from lib.labels import wholebody_labels
+    from lib.measurements.on_image import measure_on_image
 
     out_dir, model = context
     label = os.path.join(LABELS_DIR, f"{row['study']}{LABEL_EXTENSION}")
-    invert_and_write(inferred, os.path.join(out_dir, label), model)
-    return {"label": label}
+    labels = invert_and_write(inferred, os.path.join(out_dir, label), model)
+    names = {value: name for name, value in wholebody_labels().items()}
+    measurements = cohort.write_study(out_dir, row["study"], measure_on_image(labels, row["image"], names))
+    return {"label": label, "measurements": measurements}
 
 
 def _store_seg(row, written: dict, context) -> dict[str, Any]:
     from lib.labels import wholebody_labels
 
-    source, out_dir = context
+    source, out_dir, rtstruct = context
     names = {value: name for name, value in wholebody_labels().items()}
-    pacs = source.store_seg(row["study"], row["image"], os.path.join(out_dir, written["label"]), names, PACS_LABEL_TAG)
+    pacs = source.store_seg(row["study"], row["image"], os.path.join(out_dir, written["label"]), names, PACS_LABEL_TAG, rtstruct)
     return {**written, "pacs": pacs}

@@ -74,7 +74,7 @@ class DicomwebStudies:
 
         client, store = self._connection()
         try:
-            with store._pacs("listing the series"):
+            with store._connection.answering("listing the series"):
                 series = client.search_for_series(search_filters=self._search_filter(), get_remaining=True)
         except HTTPException as e:
             raise BatchError(f"--studies {self.url}: {e.detail}") from None
@@ -85,34 +85,47 @@ class DicomwebStudies:
         """The series as a local NIfTI file (downloaded once into the cache)."""
         return self._connection()[1].get_image_uri(series_uid)
 
-    def store_seg(self, series_uid: str, image: str, label_file: str, names: dict[int, str], label_tag: str) -> dict[str, Any]:
-        """The label file as a DICOM SEG on the series (AUTOMATIC segments, ContentLabel = ``label_tag``),
-        stored back by STOW-RS; the SEG's UIDs, or ``{"seg": None}`` when no structure was found."""
+    def store_seg(self, series_uid: str, image: str, label_file: str, names: dict[int, str], label_tag: str, rtstruct: bool = False) -> dict[str, Any]:
+        """The label file as a DICOM SEG on the series (AUTOMATIC segments, ContentLabel = ``label_tag``), its
+        measurement report (SR) and with ``rtstruct`` an RT Structure Set, stored back by STOW-RS; their
+        series UIDs, or ``{"seg": None}`` when no structure was found."""
         import pydicom
 
+        from lib.measurements.on_image import measure_on_image
+        from lib.pacs.rtstruct import write_rtstruct
         from lib.pacs.seg import write_seg
+        from lib.pacs.sr import write_sr
 
         client, store = self._connection()
         frames = store._label_frames(series_uid, image, label_file)
         if not frames.any():
             return {"seg": None, "note": "no structure found: nothing to store"}
+        sources = store.source_files(series_uid)
+        algorithm = "MONAI Label wholebody"
         with tempfile.TemporaryDirectory() as tmp:
-            seg_file = os.path.join(tmp, "seg.dcm")
+            files = {kind: os.path.join(tmp, f"{kind}.dcm") for kind in ("seg", "sr", "rtstruct")}
             seg = write_seg(
-                store.source_files(series_uid),
+                sources,
                 frames,
                 names,
-                seg_file,
-                algorithm="MONAI Label wholebody",
+                files["seg"],
+                algorithm=algorithm,
                 series_description="MONAI Label wholebody (batch)",
                 label_tag=label_tag,
             )
-            with store._pacs(f"storing the DICOM SEG of {series_uid}"):
-                response = client.store_instances([pydicom.dcmread(seg_file)])
+            # The frames (slice, row, column) are the NIfTI's voxels (i, j, k) reversed.
+            measured = measure_on_image(frames.transpose(2, 1, 0), image, {s["value"]: s["name"] for s in seg["segments"]})
+            sr = write_sr(files["seg"], sources, seg["segments"], measured, files["sr"], algorithm=algorithm)
+            stored = {"seg": seg["SeriesInstanceUID"], "segments": len(seg["segments"]), "measurement_report": sr["SeriesInstanceUID"]}
+            if rtstruct:
+                stored["rtstruct"] = write_rtstruct(sources, frames, names, files["rtstruct"], algorithm=algorithm)["SeriesInstanceUID"]
+            datasets = [pydicom.dcmread(files[kind]) for kind in ("seg", "sr", "rtstruct") if os.path.exists(files[kind])]
+            with store._connection.answering(f"storing the DICOM SEG of {series_uid}"):
+                response = client.store_instances(datasets)
         failed = response.get("FailedSOPSequence") if response is not None else None
         if failed:
-            raise RuntimeError(f"the PACS at {self.url} refused the SEG of {series_uid}: {failed[0]}")
-        return {"seg": seg["SeriesInstanceUID"], "segments": len(seg["segments"])}
+            raise RuntimeError(f"the PACS at {self.url} refused the results of {series_uid}: {failed[0]}")
+        return stored
 
     def describe(self) -> str:
         return self.url
@@ -130,7 +143,8 @@ class DicomwebStudies:
         if key not in _CONNECTIONS:
             from monailabel.config import settings
 
-            from lib.pacs.datastore import PacsDatastore, make_client
+            from lib.pacs.connection import make_client
+            from lib.pacs.datastore import PacsDatastore
 
             prefixes = {"qido": settings.MONAI_LABEL_QIDO_PREFIX, "wado": settings.MONAI_LABEL_WADO_PREFIX, "stow": settings.MONAI_LABEL_STOW_PREFIX}
             client = make_client(self.url, self.auth, self.timeout_s, prefixes)
@@ -147,7 +161,7 @@ def open_studies(studies: str, cache: str, credentials: str | None = None, timeo
     ``credentials`` = a ``user:password`` file, else MONAI_LABEL_DICOMWEB_USERNAME / _PASSWORD)."""
     if studies.startswith(("http://", "https://")):
         from lib.conf import Conf
-        from lib.pacs.datastore import read_credentials
+        from lib.pacs.setup import read_credentials
 
         auth = read_credentials(Conf({"dicomweb_credentials": credentials} if credentials else {}))
         return DicomwebStudies(studies.rstrip("/"), os.path.abspath(cache), auth, timeout_s)

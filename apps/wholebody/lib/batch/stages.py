@@ -83,9 +83,9 @@ class Network:
         return {"pred": labels.clone(), "image_transforms": image.applied_operations, "image_meta_dict": image.meta}
 
 
-def invert_and_write(inferred: dict[str, Any], out_file: str, run: ModelRun) -> None:
+def invert_and_write(inferred: dict[str, Any], out_file: str, run: ModelRun) -> torch.Tensor:
     """Labels back on the input's grid (``/infer``'s post-processing: nearest inversion, squeeze, uint8)
-    and written as ``/infer`` writes them; ``out_file`` appears whole or not at all."""
+    and written as ``/infer`` writes them; ``out_file`` appears whole or not at all. Returns the labels."""
     with reusing_freed_memory():
         pre = Compose(pipeline.preprocessing(run.pixdim, "cpu"))
         data = Compose(pipeline.postprocessing(pre))(inferred)
@@ -99,3 +99,4 @@ def invert_and_write(inferred: dict[str, Any], out_file: str, run: ModelRun) -> 
         os.unlink(written)
         if os.path.exists(part):
             os.unlink(part)
+    return data["pred"]

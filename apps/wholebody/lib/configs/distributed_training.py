@@ -79,9 +79,9 @@ def request_of(args: argparse.Namespace) -> dict:
 def open_studies(studies: str, options: Conf, labels: dict[str, int], model: str):
     """The datastore the server opens on ``studies``."""
     if studies.startswith(("http://", "https://")):
-        from lib.pacs import datastore as dicomweb_datastore
+        from lib.pacs import setup as pacs_setup
 
-        return dicomweb_datastore.create(studies, options, {model: labels}, "distributed-training")
+        return pacs_setup.create(studies, options, {model: labels}, "distributed-training")
     return CheckedLocalDatastore(studies, extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT, auto_reload=False)
 
 

@@ -16,6 +16,7 @@ from lib.acceleration import channels_last, cpu_precision
 from lib.acceleration.cpu_memory import reusing_freed_memory
 from lib.acceleration.tensorrt import accelerate
 from lib.conf import as_bool
+from lib.measurements import on_image as measurements
 from lib.transforms.body_mask import BODY_MASK_KEY, BodyMaskd
 from lib.weights.checkpoints import load_state_dict
 
@@ -63,6 +64,7 @@ class CTSegmentationTask(BasicInferTask):
                 "result_dtype": "uint8",
                 "precision": [precision, *[p for p in cpu_precision.PRECISIONS if p != precision and cpu_precision.bf16_units()]],
                 "skip_air": skip_air,
+                measurements.OPTION: True,
                 **(config or {}),
             },
         )
@@ -153,9 +155,19 @@ class CTSegmentationTask(BasicInferTask):
         req = {**self._config, **request}
         request = {**request, "precision": self.precision(req)}  # checked (422) before the image is read
         self.skips_air(req)
+        as_bool(request.get(measurements.OPTION, True), measurements.OPTION)  # checked before the image is read
         # One request is one block of reused CPU memory: pre, infer and post; handed back once it is answered.
         with reusing_freed_memory():
-            return super().__call__(request, callbacks)
+            result_file, result_json = super().__call__(request, callbacks)
+        return result_file, measurements.report_latency(result_json)
+
+    def result_labels(self, data: dict[str, Any]) -> dict[str, int]:
+        """Name -> value of the labels this request's result may hold."""
+        return dict(self.labels)
+
+    def writer(self, data, extension=None, dtype=None):
+        result_file, result_json = super().writer(data, extension, dtype)
+        return result_file, measurements.add_measurements(result_json, data, self.result_labels(data), self.output_label_key)
 
     def run_pre_transforms(self, data, transforms):
         data = super().run_pre_transforms(data, transforms)

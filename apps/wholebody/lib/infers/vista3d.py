@@ -24,6 +24,8 @@ from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from lib.acceleration.cpu_memory import reusing_freed_memory
+from lib.conf import as_bool
+from lib.measurements import on_image as measurements
 from lib.vista3d.prompts import PromptError, ResolvedPrompts, resolve_prompts
 from lib.vista3d.runtime import PreprocessedImage, Vista3DRuntime
 
@@ -102,7 +104,7 @@ class Vista3DTask(BasicInferTask):
             labels=runtime.labels(),
             dimension=3,
             description=description,
-            config={"result_dtype": "uint8", **(config or {})},
+            config={"result_dtype": "uint8", measurements.OPTION: True, **(config or {})},
         )
         self.runtime = runtime
 
@@ -124,6 +126,7 @@ class Vista3DTask(BasicInferTask):
     def __call__(self, request, callbacks=None):
         self.labels = self.runtime.labels()
         self.check_request(request)  # a bad prompt is 422 with or without weights
+        as_bool(request.get(measurements.OPTION, True), measurements.OPTION)
         self.runtime.require_weights()  # 503 naming the path, before reading anything
         before = self.runtime.inferer.stats()
         with reusing_freed_memory():  # CPU memory reused within the request, handed back after it
@@ -134,7 +137,7 @@ class Vista3DTask(BasicInferTask):
         delta = {k: after[k] - before[k] for k in ("encoder_runs", "cache_hits", "cache_misses", "head_runs", "head_reuses", "evictions")}
         result_json["vista3d_cache"] = {**after, "request": {**delta, "preprocessing": extra.pop("preprocessing", None)}}
         result_json["vista3d"] = extra
-        return result_file, result_json
+        return result_file, measurements.report_latency(result_json)
 
     def check_request(self, request: dict[str, Any]) -> None:
         """Checks that need no image (fail before reading it)."""
@@ -188,8 +191,9 @@ class Vista3DTask(BasicInferTask):
 
     def writer(self, data, extension=None, dtype=None):
         result_file, result_json = super().writer(data, extension, dtype)
-        result_json = dict(result_json or {})
-        result_json[RESULT_KEY] = dict(data.get(RESULT_KEY, {}))
+        result = dict(data.get(RESULT_KEY, {}))
+        result_json = measurements.add_measurements(result_json, data, result.get("label_names") or {}, self.output_label_key)
+        result_json[RESULT_KEY] = result
         return result_file, result_json
 
 

@@ -19,7 +19,7 @@ from lib.weights.checkpoints import load_state_dict
 
 logger = logging.getLogger(__name__)
 
-# The request's heads, resolved once in __call__: [{"name", "weights", "values"}] in merge order.
+# The request's heads, resolved once in __call__: [{"name", "weights", "structures": {name: value}}] in merge order.
 HEADS_KEY = "_heads"
 
 
@@ -92,12 +92,15 @@ still adds to them, and keeps only uint8 labels.
         request = {
             **request,
             "head_overlap": overlap,
-            HEADS_KEY: [{"name": r.name, "weights": r.weights, "values": list(r.structures.values())} for r in heads],
+            HEADS_KEY: [{"name": r.name, "weights": r.weights, "structures": dict(r.structures)} for r in heads],
         }
         result_file, result_json = super().__call__(request, callbacks)
-        result_json["label_names"] = {**self.base_labels, **{s: v for r in heads for s, v in r.structures.items()}}
+        result_json["label_names"] = self.result_labels(request)
         result_json["heads"] = [r.name for r in heads]
         return result_file, result_json
+
+    def result_labels(self, data):
+        return {**self.base_labels, **{s: v for h in data.get(HEADS_KEY) or [] for s, v in h["structures"].items()}}
 
     def _get_network(self, device, data):
         heads = data.get(HEADS_KEY) or []
@@ -110,7 +113,7 @@ still adds to them, and keeps only uint8 labels.
             if self._headed is None or self._headed[0] != key:
                 modules = []
                 for head in heads:
-                    module = StructureHead(self._network_factory, len(head["values"]))
+                    module = StructureHead(self._network_factory, len(head["structures"]))
                     module.load_state_dict(load_state_dict(head["weights"]), strict=True)
                     modules.append(module)
                 network = HeadedSegResNet(self._load_network(path), modules).to(torch.device(device)).eval()
@@ -139,7 +142,7 @@ still adds to them, and keeps only uint8 labels.
     def inferer(self, data=None):
         overlap = self.sw_overlap(data)
         heads = data.get(HEADS_KEY) or []
-        merge = MergedArgmax(len(self.base_labels) + 1, [h["values"] for h in heads], data["head_overlap"]) if heads else None
+        merge = MergedArgmax(len(self.base_labels) + 1, [list(h["structures"].values()) for h in heads], data["head_overlap"]) if heads else None
         return pipeline.inferer(pipeline.ROI_SIZE, overlap, reduce=merge, window_mask=self.window_mask(data))
 
     def inverse_transforms(self, data=None):

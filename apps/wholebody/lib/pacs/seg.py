@@ -131,6 +131,7 @@ def write_seg(
     import highdicom as hd
     import pydicom
 
+    from lib.pacs.new_object import new_series, saved
     from lib.pacs.seg_tags import FINAL_TAG, MANUFACTURER_MODEL, content_label
 
     sources = [pydicom.dcmread(path) for path in source_files]
@@ -157,11 +158,7 @@ def write_seg(
         pixel_array=pixel_array,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
-        series_instance_uid=hd.UID(),
-        series_number=series_number,
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer="MONAI Label",
+        **new_series(series_number),
         manufacturer_model_name=MANUFACTURER_MODEL,
         software_versions=version or "0",
         device_serial_number="0",
@@ -176,15 +173,8 @@ def write_seg(
     spacing = slice_spacing(sources)
     if spacing:
         measures.SpacingBetweenSlices = spacing
-    # When it was made, where PACS worklists (and the newest-label choice) look for it.
-    seg.SeriesDate, seg.SeriesTime = seg.ContentDate, seg.ContentTime
-    seg.save_as(output_file)
-    return {
-        "SeriesInstanceUID": str(seg.SeriesInstanceUID),
-        "SOPInstanceUID": str(seg.SOPInstanceUID),
-        "StudyInstanceUID": str(seg.StudyInstanceUID),
-        "segments": segments,
-    }
+    # Dated when it was made: PACS worklists (and the newest-label choice) look there.
+    return {**saved(seg, output_file), "segments": segments}
 
 
 def _segment(item) -> Segment:
