@@ -9,7 +9,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from conftest import PACS_SERIES, shared_series_with_label
+from conftest import shared_series_with_label
 from lib.conf import Conf, ConfError
 from lib.labels import wholebody_labels
 from lib.labels.snomed import (

@@ -4,7 +4,6 @@ dciodvfy, each segment's volume and mean HU as measured, referencing the SEG's s
 from __future__ import annotations
 
 import highdicom as hd
-import numpy as np
 import pydicom
 import SimpleITK as sitk
 
