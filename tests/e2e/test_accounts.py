@@ -299,7 +299,7 @@ def test_model_versions_and_report_roles(server):
     assert requests.get(f"{server.url}/corrections/report", headers=bearer(token["anna"]), timeout=30).status_code == 403
     # The admin passes the role check and is told why nothing was pinned; the attempt is in the audit log.
     answer = requests.put(f"{server.url}/versions/wholebody_lowres/pin/1", headers=bearer(token["adam"]), timeout=30)
-    assert answer.status_code == 422 and "has no version 1" in answer.json()["detail"]
+    assert answer.status_code == 404 and "has no version 1" in answer.json()["detail"]
     assert ("pin_version", "adam") in [(r["event"], r["user"]) for r in audit(server)]
     report = requests.get(f"{server.url}/corrections/report", headers=bearer(token["adam"]), timeout=30)
     assert report.status_code == 200 and isinstance(report.json(), dict)

@@ -159,7 +159,8 @@ def test_versions_pin_unpin_restart_and_report(server, root, tmp_path):
     (root / "model" / "versions" / SLOT / "1" / "model.pt").write_bytes(b"not a checkpoint")
     refused = requests.put(f"{url}/versions/{SLOT}/pin/1", timeout=60)
     assert refused.status_code == 422 and "version 1 of wholebody_lowres cannot be loaded" in refused.json()["detail"]
-    assert requests.put(f"{url}/versions/{SLOT}/pin/9", timeout=60).status_code == 422
+    assert str(root) not in refused.json()["detail"]  # the file named inside the versions folder, not its server path
+    assert requests.put(f"{url}/versions/{SLOT}/pin/9", timeout=60).status_code == 404
     assert np.array_equal(labels(client, "crop3")[0], second)
 
     # The report: two versions, two corrected studies each, values from the edits made above.

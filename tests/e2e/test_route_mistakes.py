@@ -157,6 +157,20 @@ MISTAKES: dict[tuple[str, str], list[Mistake]] = {
     ("POST", "/batch/infer/{model}"): [unknown("/batch/infer/nosuch"), Mistake("wrong content type", "/batch/infer/spleen", 422, send=JUNK)],
     ("DELETE", "/batch/infer"): [Mistake("nothing running", "/batch/infer", 200, send=JUNK)],
     ("DELETE", "/heads/{model}/{head}"): [unknown("/heads/nosuch/liver"), Mistake("unknown head", "/heads/spleen/nosuch", 404, ("spleen", "no decoder heads"))],
+    ("GET", "/versions/"): [Mistake("a body", "/versions/", 200, send=JUNK)],
+    ("GET", "/versions/{slot}"): [unknown("/versions/nosuch", "model versions")],
+    ("PUT", "/versions/{slot}/pin/{version}"): [
+        unknown("/versions/nosuch/pin/1", "model versions"),
+        Mistake("version not a number", "/versions/spleen/pin/one", 422),
+        Mistake("unknown version", "/versions/spleen/pin/99", 404, ("no version 99",)),
+    ],
+    ("DELETE", "/versions/{slot}/pin"): [unknown("/versions/nosuch/pin", "model versions")],
+    ("DELETE", "/versions/{slot}/{version}"): [
+        unknown("/versions/nosuch/1", "model versions"),
+        Mistake("unknown version", "/versions/spleen/99", 404, ("no version 99",)),
+    ],
+    ("GET", "/corrections/report"): [Mistake("a body", "/corrections/report", 200, send=JUNK)],
+    ("GET", "/corrections/report.html"): [Mistake("a body", "/corrections/report.html", 200, send=JUNK)],
     ("GET", "/model/{model}"): [unknown("/model/nosuch")],
     ("GET", "/model/info/{model}"): [unknown("/model/info/nosuch")],
     ("PUT", "/model/{model}"): [

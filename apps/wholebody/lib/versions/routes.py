@@ -15,7 +15,7 @@ from monailabel.config import RBAC_ADMIN, RBAC_USER, settings
 from monailabel.endpoints.user.auth import RBAC, User
 
 from lib.server.errors import NotFoundError, shown
-from lib.versions.store import VersionError, VersionStore, known_stores
+from lib.versions.store import UnknownVersionError, VersionError, VersionStore, known_stores
 
 
 def servable(infers: dict) -> dict[str, tuple[VersionStore, Callable[[str], None]]]:
@@ -51,7 +51,7 @@ def install(fastapi_app: FastAPI, infers: dict) -> None:
         return slots[slot]
 
     def refused(e: VersionError) -> JSONResponse:
-        return JSONResponse(status_code=422, content={"detail": str(e)})
+        return JSONResponse(status_code=404 if isinstance(e, UnknownVersionError) else 422, content={"detail": str(e)})
 
     @router.get("/", summary=f"{RBAC_USER}Model versions of every served checkpoint")
     def list_all(user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))):

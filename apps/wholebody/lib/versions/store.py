@@ -24,7 +24,11 @@ WEIGHTS = "model.pt"
 
 
 class VersionError(ValueError):
-    """A version that cannot be served (missing, corrupt, unknown): answered 404/422 with this message."""
+    """A version that cannot be served (missing or corrupt file): answered 422 with this message."""
+
+
+class UnknownVersionError(VersionError, LookupError):
+    """A version number the slot does not have: answered 404."""
 
 
 # served path -> its store, as the model's config made it (with --conf max_model_versions) in this process.
@@ -141,20 +145,22 @@ class VersionStore:
             if number in (state["serving"], state["pinned"]):
                 raise VersionError(f"version {number} of {self.slot} is being served; pin another one first")
             if not os.path.isdir(os.path.join(self.folder, str(int(number)))):
-                raise VersionError(f"{self.slot} has no version {number}")
+                raise UnknownVersionError(f"{self.slot} has no version {number}")
             shutil.rmtree(os.path.join(self.folder, str(int(number))))
 
     # ------------------------------------------------------------------ internals
     def _checked(self, number: int, check: Callable[[str], None]) -> None:
         path = self.weights(number)
         if not any(v["version"] == number for v in self.versions()):
-            raise VersionError(f"{self.slot} has no version {number}; versions: {[v['version'] for v in self.versions()]}")
+            raise UnknownVersionError(f"{self.slot} has no version {number}; versions: {[v['version'] for v in self.versions()]}")
+        # Answers name the file inside the versions folder, never where that folder lies on the server.
+        shown = f"versions/{self.slot}/{int(number)}/{WEIGHTS}"
         if not os.path.isfile(path):
-            raise VersionError(f"version {number} of {self.slot} has no weights file ({path} is missing)")
+            raise VersionError(f"version {number} of {self.slot} has no weights file ({shown} is missing)")
         try:
             check(path)
         except Exception as e:  # whatever torch or the network says about the file
-            raise VersionError(f"version {number} of {self.slot} cannot be loaded ({path}): {str(e)[:300]}") from None
+            raise VersionError(f"version {number} of {self.slot} cannot be loaded ({shown}): {str(e).replace(path, shown)[:300]}") from None
 
     def _serve(self, number: int, pinned: int | None) -> None:
         copy_atomically(self.weights(number), self.served_path)
