@@ -1,11 +1,17 @@
 """Benchmark for "Lean and fast inference": our wholebody infer task against the official bundle pipeline.
 
-Both run on the same inputs and the same random-initialised (seeded) checkpoint, each run in a fresh
-subprocess so that peak RSS and peak GPU memory belong to that run alone. It prints ratios from this one run
-rather than seconds to compare with some fixed number, because absolute times depend on the machine.
+Both run on the same inputs and the same checkpoint (seeded random weights, or ``--checkpoint``), each run in
+a fresh subprocess so that peak RSS and peak GPU memory belong to that run alone. It prints ratios from this
+one run rather than seconds to compare with some fixed number, because absolute times depend on the machine.
+
+``--modes`` runs ours once per CPU mode (``fp32``, ``bf16``, ``+skip`` for ``skip_air``: the request params),
+each against the bundle pipeline in fp32 and against our own fp32: Dice per structure of at least 1 ml and
+the share of body voxels (> -500 HU) with the same label. Agreement means something only on a confident
+checkpoint (bench/confident_checkpoint.py), not on random weights.
 
     $V/bin/python bench/bench_inference.py --res lowres --z-lengths 30                # small CPU smoke run
     $V/bin/python bench/bench_inference.py --device cuda --res lowres,highres --full-size
+    $V/bin/python bench/bench_inference.py --checkpoint CKPT --modes fp32,bf16,bf16+skip --res lowres,highres --full-size
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "apps" / "wholebody")]
 CT = Path(os.environ.get("WHOLEBODY_BENCH_CT", ROOT.parent / "shared" / "data" / "ct" / "example_ct_sm.nii.gz"))
 CHANNELS = 105
 PIXDIM = {True: 1.5, False: 3.0}  # the bundle's highres / lowres spacing in mm
+BODY_HU = -500.0  # body voxels, for agreement (the issue's definition; the body mask's default threshold too)
+MIN_ML = 1.0  # structures smaller than this in the reference labels are not scored
 
 from lib.networks import wholebody_segresnet  # noqa: E402  (needs apps/wholebody on sys.path)
 
@@ -64,43 +72,49 @@ def mirror_z(arr, n: int):
     return np.concatenate(tiles, axis=-1)[..., :n]
 
 
-def save_ct(arr, affine, path: Path) -> str:
-    img = nib.Nifti1Image(np.rint(arr).astype(np.int16), affine)  # int16 HU, as scanners store CT
+def save_volume(arr, affine, path: Path, label: bool = False) -> str:
+    # int16 HU, as scanners store CT; a label map as uint8
+    img = nib.Nifti1Image(np.rint(arr).astype(np.uint8 if label else np.int16), affine)
     img.header.set_xyzt_units("mm")
     nib.save(img, path)
     return str(path)
 
 
-def build_inputs(tmp: Path, z_lengths: list[int], full_size: bool) -> list[dict]:
-    src = nib.load(CT)
+def build_inputs(tmp: Path, z_lengths: list[int], full_size: bool, source: Path = CT, label: bool = False) -> list[dict]:
+    """The bench's cases made from ``source``: itself, z-mirrored to each length, and a full-size CT.
+    ``label``: ``source`` is a label map of the CT, and its cases are made alike (nearest, 0 outside)."""
+    src = nib.load(source)
     arr, affine = np.asarray(src.get_fdata(dtype=np.float32)), src.affine
-    cases = [{"case": f"ct_sm_z{arr.shape[2]}", "image": str(CT)}]
+    stem = "label" if label else "ct"
+    cases = [{"case": f"ct_sm_z{arr.shape[2]}", "image": str(source)}]
     for n in z_lengths:
         if n != arr.shape[2]:  # the original is case (a) already
             # Voxel 0 and the z axis are unchanged, so the affine still holds: the volume just extends further.
-            cases.append({"case": f"ct_sm_z{n}", "image": save_ct(mirror_z(arr, n), affine, tmp / f"ct_z{n}.nii.gz")})
+            cases.append({"case": f"ct_sm_z{n}", "image": save_volume(mirror_z(arr, n), affine, tmp / f"{stem}_z{n}.nii.gz", label)})
     if full_size:
         from monai.transforms import LoadImage, Spacing
 
         # MONAI's Spacing resamples to a clinical 0.8 x 0.8 x 1.5 mm grid and updates the affine itself.
-        img = LoadImage(image_only=True, ensure_channel_first=True)(str(CT))
-        img = Spacing(pixdim=(0.8, 0.8, 1.5), mode="bilinear", dtype=torch.float32)(img)
+        img = LoadImage(image_only=True, ensure_channel_first=True)(str(source))
+        img = Spacing(pixdim=(0.8, 0.8, 1.5), mode="nearest" if label else "bilinear", dtype=torch.float32)(img)
         hi, aff = img[0].numpy(), img.affine.numpy().copy()
         # Pad in-plane with air to 512 x 512, centred; voxel (0, 0, 0) moves by -pad, so shift the origin.
         px, py = ((512 - s) // 2 for s in hi.shape[:2])
         assert px >= 0 and py >= 0, hi.shape
-        hi = np.pad(hi, ((px, 512 - hi.shape[0] - px), (py, 512 - hi.shape[1] - py), (0, 0)), constant_values=-1024)
+        hi = np.pad(hi, ((px, 512 - hi.shape[0] - px), (py, 512 - hi.shape[1] - py), (0, 0)), constant_values=0 if label else -1024)
         aff[:3, 3] -= aff[:3, :3] @ np.array([px, py, 0.0])
-        cases.append({"case": "full_512x512x397", "image": save_ct(mirror_z(hi, 397), aff, tmp / "ct_full.nii.gz")})
+        full = save_volume(mirror_z(hi, 397), aff, tmp / f"{stem}_full.nii.gz", label)
+        cases.append({"case": "full_512x512x397", "image": full})
     for c in cases:
         h = nib.load(c["image"])
         c["shape"], c["spacing"] = list(h.shape), [round(float(z), 3) for z in h.header.get_zooms()]
     return cases
 
 
-def write_checkpoints(model_dir: Path) -> None:
-    torch.manual_seed(0)  # random weights, but the same in every run and for both pipelines
-    state = wholebody_segresnet().state_dict()
+def write_checkpoints(model_dir: Path, checkpoint: str | None = None) -> None:
+    """``checkpoint`` (a state dict) for both resolutions, else seeded random weights: the same in every run."""
+    torch.manual_seed(0)
+    state = torch.load(checkpoint, map_location="cpu") if checkpoint else wholebody_segresnet().state_dict()
     folder = model_dir / "wholeBody_ct_segmentation" / "models"  # the official bundle layout the app looks in
     folder.mkdir(parents=True, exist_ok=True)
     for name in ("model.pt", "model_lowres.pt"):
@@ -188,7 +202,7 @@ def child(spec: dict) -> dict:
         config.init("wholebody", spec["model_dir"], {"download_weights": "false"}, None)
         task = config.infer()
         request = {"image": spec["image"], "highres": spec["highres"], "result_extension": ".nii.gz",
-                   "device": spec["device"], "logging": "WARNING"}
+                   "device": spec["device"], "logging": "WARNING", "precision": spec["precision"], "skip_air": spec["skip_air"]}
         task._get_network(name_to_device(spec["device"]), request)  # load the model before the baseline, as above
         # MONAI Label writes NIfTI with ITK, whose lazy modules take ~5 s to load on first use: an import, paid
         # once per server process, not per request, so it goes before the baseline too.
@@ -197,7 +211,8 @@ def child(spec: dict) -> dict:
         def run_once() -> dict:
             result_file, result = task(request)
             shutil.move(result_file, spec["result"])  # the writer's temp file may sit on another filesystem
-            return {k: v for k, v in result["latencies"].items() if k != "transform"}
+            assert result["precision"] == spec["precision"] or spec["device"] != "cpu", result["precision"]
+            return {**{k: v for k, v in result["latencies"].items() if k != "transform"}, "windows": result["windows"]}
 
     if cuda:
         torch.cuda.synchronize()
@@ -240,6 +255,30 @@ def agreement(a: str, b: str) -> dict:
     return {"agreement": float((x == y).mean()), "labels_ours": int(len(np.unique(x))), "labels_ref": int(len(np.unique(y)))}
 
 
+def structure_agreement(labels: str, reference: str, image: str) -> dict:
+    """``labels`` against ``reference`` on the input's grid: Dice of each structure of at least MIN_ML ml in
+    the reference, the lowest, and the share of body voxels (> BODY_HU in ``image``) with the same label."""
+    x, y = np.asarray(nib.load(labels).dataobj), np.asarray(nib.load(reference).dataobj)
+    ct = nib.load(image)
+    body = np.asarray(ct.dataobj) > BODY_HU
+    voxel_ml = float(np.prod(ct.header.get_zooms()[:3])) / 1000.0
+    # One pass: a joint histogram of (reference, labels) values, as the measurements do.
+    joint = np.bincount(y.astype(np.int64).ravel() * 256 + x.astype(np.int64).ravel(), minlength=256 * 256).reshape(256, 256)
+    dice = {}
+    for value in np.nonzero(joint.sum(1))[0]:
+        ref = joint[value].sum()
+        if value == 0 or ref * voxel_ml < MIN_ML:
+            continue
+        dice[int(value)] = round(2 * joint[value, value] / (ref + joint[:, value].sum()), 5)
+    return {
+        "body_voxels_equal": round(float((x[body] == y[body]).mean()), 6),
+        "structures": len(dice),
+        "lowest_dice": min(dice.values()) if dice else None,
+        "below_0.99": {k: v for k, v in dice.items() if v < 0.99},
+        "dice": dice,
+    }
+
+
 def fmt(v, spec="{:.2f}") -> str:
     return "-" if v is None else spec.format(v)
 
@@ -269,8 +308,23 @@ def print_case(r: dict) -> None:
         print(f"   {label:16}{fmt(o.get(key)):>12}{fmt(f.get(key)):>12}   {rat}")
     if r.get("agreement") is not None:
         print(f"   agreement       {r['agreement']:.6f}  ({r['labels_ref']} labels in reference, {r['labels_ours']} in ours)")
+    if r.get("ours_fp32_vs_reference"):
+        a = r["ours_fp32_vs_reference"]
+        print(f"   ours fp32 vs reference: body voxels equal {a['body_voxels_equal']:.6f}, lowest Dice {fmt(a['lowest_dice'], '{:.4f}')} "
+              f"over {a['structures']} structures >= {MIN_ML:g} ml")
+    for mode, m in r.get("modes", {}).items():
+        if "error" in m:
+            print(f"   {mode} FAILED: {m['error']}")
+            continue
+        windows = (m.get("stages_s") or {}).get("windows") or {}
+        print(f"   {mode:10} latency {m['latency_s']:.2f} s ({ratio(f.get('latency_s'), m['latency_s'])} vs reference, "
+              f"{ratio(o['latency_s'], m['latency_s'])} vs ours fp32), CPU {m['cpu_s']:.1f} s, RAM growth {m['rss_growth_mb']:.0f} MB, "
+              f"windows run {windows.get('run')} skipped {windows.get('skipped')}")
+        if "body_voxels_equal" in m:
+            print(f"   {'':10} vs ours fp32: body voxels equal {m['body_voxels_equal']:.6f}, lowest Dice {fmt(m['lowest_dice'], '{:.4f}')} "
+                  f"over {m['structures']} structures >= {MIN_ML:g} ml; below 0.99: {m['below_0.99'] or 'none'}")
     if o.get("stages_s"):
-        print("   ours stages s:  " + ", ".join(f"{k} {v:.2f}" for k, v in o["stages_s"].items()))
+        print("   ours stages s:  " + ", ".join(f"{k} {v:.2f}" for k, v in o["stages_s"].items() if k != "windows"))
         if "measurements" in o["stages_s"]:
             # Same run, same process: the measurements' share of the request (on by default in /infer).
             stages = o["stages_s"]
@@ -306,6 +360,8 @@ def main() -> None:
     p.add_argument("--skip-reference", action="store_true")
     p.add_argument("--ours", choices=["task", "pipeline"], default="task",
                    help="task: the MONAI Label infer task end to end; pipeline: lib.pipelines.wholebody without the server stack")
+    p.add_argument("--checkpoint", help="a wholebody state dict for both pipelines (bench/confident_checkpoint.py); default seeded random weights")
+    p.add_argument("--modes", default="fp32", help="comma list of ours' CPU modes: fp32, bf16, fp32+skip, bf16+skip (skip_air)")
     p.add_argument("--repeat", type=int, default=1, help="runs per subprocess (later ones warm); the median is reported")
     p.add_argument("--out", default=None, help="JSON results (default bench/results/inference-<host>-<device>.json)")
     p.add_argument("--child", help=argparse.SUPPRESS)
@@ -317,22 +373,38 @@ def main() -> None:
     sys.stdout.reconfigure(line_buffering=True)  # show each case as it finishes, even through a pipe
     res = [r.strip() for r in args.res.split(",") if r.strip()]
     assert set(res) <= {"lowres", "highres"}, res
+    modes = ["fp32", *[m.strip() for m in args.modes.split(",") if m.strip() and m.strip() != "fp32"]]
+    if not set(modes) <= {"fp32", "bf16", "fp32+skip", "bf16+skip"}:
+        p.error(f"--modes: fp32, bf16, fp32+skip or bf16+skip, got {args.modes}")
+    if len(modes) > 1 and args.ours != "task":
+        p.error("--modes other than fp32 run through the infer task (--ours task)")
     out = Path(args.out or ROOT / "bench" / "results" / f"inference-{socket.gethostname()}-{args.device}.json")
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-inference-") as tmp_name:
         tmp = Path(tmp_name)
         cases = build_inputs(tmp, [int(z) for z in args.z_lengths.split(",") if z.strip()], args.full_size)
-        write_checkpoints(tmp / "model")
+        write_checkpoints(tmp / "model", args.checkpoint)
         for case in cases:
             for r in res:
                 spec = {"image": case["image"], "highres": r == "highres", "device": args.device,
                         "model_dir": str(tmp / "model"), "repeat": args.repeat, "ours": args.ours}
-                row = {**{k: case[k] for k in ("case", "shape", "spacing")}, "res": r, "device": args.device}
-                row["ours"] = run_child({**spec, "who": "ours", "result": str(tmp / "ours.nii.gz")})
+                row = {**{k: case[k] for k in ("case", "shape", "spacing")}, "res": r, "device": args.device, "modes": {}}
+                for mode in modes:  # fp32 first: the others are compared with it
+                    precision, skip = mode.split("+")[0], mode.endswith("+skip")
+                    result = str(tmp / f"ours_{mode}.nii.gz")
+                    measured = run_child({**spec, "who": "ours", "precision": precision, "skip_air": skip, "result": result})
+                    if mode == "fp32":
+                        row["ours"] = measured
+                    else:
+                        if "latency_s" in measured and "latency_s" in row["ours"]:
+                            measured.update(structure_agreement(result, str(tmp / "ours_fp32.nii.gz"), case["image"]))
+                        row["modes"][mode] = measured
                 if not args.skip_reference:
                     row["reference"] = run_child({**spec, "who": "reference", "result": str(tmp / "ref.nii.gz")})
                     if "latency_s" in row["reference"] and "latency_s" in row["ours"]:
-                        row.update(agreement(str(tmp / "ours.nii.gz"), str(tmp / "ref.nii.gz")))
+                        row.update(agreement(str(tmp / "ours_fp32.nii.gz"), str(tmp / "ref.nii.gz")))
+                        if args.checkpoint:
+                            row["ours_fp32_vs_reference"] = structure_agreement(str(tmp / "ours_fp32.nii.gz"), str(tmp / "ref.nii.gz"), case["image"])
                 print_case(row)
                 results.append(row)
     print_growth(results)

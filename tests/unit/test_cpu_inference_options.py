@@ -80,3 +80,15 @@ def test_wholebody_skips_air_windows(tmp_path):
     # 96^3 windows, overlap 0.25: x starts 0, 72, 104 (the body in the first only), y 0 and 24, z one
     assert answer["precision"] == "fp32"
     assert answer["windows"] == {"run": 2, "skipped": 4}
+
+
+def test_vista3d_serves_the_conf_precision_per_request_and_refuses_an_unknown_one(tmp_path, cpu_with_bf16):
+    from lib.configs.vista3d import Vista3D
+
+    config = Vista3D()
+    config.init("vista3d", str(tmp_path / "model"), {"download_weights": "false", "cpu_precision": "bf16"}, None)
+    for name, task in config.infer().items():
+        assert task.info()["cpu_precision"] == "bf16", name
+        assert task._config["precision"] == ["bf16", "fp32"], "Slicer's choice: the default first"
+        with pytest.raises(ConfError, match="'precision'"):  # refused before the weights or the image are needed
+            task({"image": str(tmp_path / "never-read.nii.gz"), "precision": "fp16"})

@@ -358,3 +358,21 @@ def test_model_token_follows_the_weights(tiny):
     assert after != before and after[1] == before[1]
     twin.train()
     assert inf.model_token(twin)[-2] is True
+
+
+def test_tiny_a_bf16_click_never_reuses_fp32_encoder_outputs(tiny, vol, one_thread):
+    """``precision`` per request (lib/acceleration/cpu_precision.py): the cache keys windows by the autocast
+    state, so a bf16 click after an fp32 one runs the encoder again, and a second bf16 click reuses it."""
+    from lib.acceleration import cpu_precision
+
+    inf = CachedPointWindowInferer(roi_size=ROI_SMALL, cache_bytes=1 << 28)
+    p, l_ = pts((30, 30, 20)), lbl(1)
+    fp32 = inf.point_window(tiny, vol, p, l_, image_key="v")
+    assert inf.encoder_runs == 1
+    with cpu_precision.autocast("cpu", "bf16"):
+        bf16 = inf.point_window(tiny, vol, p, l_, image_key="v")
+        assert inf.encoder_runs == 2, "bf16 must not reuse the fp32 encoder output"
+        again = inf.point_window(tiny, vol, p, l_, image_key="v")
+    assert inf.encoder_runs == 2 and same(again, bf16)
+    assert not same(bf16, fp32), "the bf16 click ran in bfloat16"
+    assert same(inf.point_window(tiny, vol, p, l_, image_key="v"), fp32) and inf.encoder_runs == 2

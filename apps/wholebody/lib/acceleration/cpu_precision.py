@@ -57,6 +57,20 @@ def check(value: Any, name: str) -> str:
     return precision
 
 
+def choices(default: str) -> list[str]:
+    """A task's ``precision`` option: a list shows as a choice in Slicer, its first entry the default; the other
+    precision is offered only where this CPU can serve it."""
+    return [default, *[p for p in PRECISIONS if p != default and bf16_units()]]
+
+
+def requested(data: dict[str, Any], default: Any) -> str:
+    """The precision serving a request on the CPU: its ``precision`` param (Slicer's list or a value), else the
+    task's ``default``; ConfError (422) for anything but fp32 or bf16."""
+    value = data.get("precision", default)
+    chosen = value[0] if isinstance(value, (list, tuple)) and value else value
+    return serving(check(chosen, "precision"))
+
+
 def precision_from_conf(conf: Conf) -> str:
     """``--conf cpu_precision fp32|bf16``: the precision CPU inference serves by default, after the CPU check."""
     return serving(check(conf.raw("cpu_precision") or "fp32", "cpu_precision"))
@@ -73,6 +87,14 @@ class BFloat16Autocast(torch.nn.Module):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out = self.network(x)
         return out.float()
+
+
+def autocast(device: str | torch.device, precision: str) -> torch.autocast:
+    """The autocast a block of inference runs under: bfloat16 on a CPU in bf16, else AMP on a GPU, else none."""
+    kind = torch.device(device).type
+    if kind == "cpu":
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+    return torch.autocast(kind, enabled=kind == "cuda")
 
 
 def for_device(network: torch.nn.Module, device: str | torch.device, precision: str) -> torch.nn.Module:

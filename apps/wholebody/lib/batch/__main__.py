@@ -37,6 +37,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="this checkpoint file instead of the one the server would use")
     p.add_argument("--sw-overlap", type=float, help="sliding-window overlap (as the /infer param sw_overlap; default 0.25)")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false", help="as --conf channels_last false on the server")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                   help="on a CPU: as --conf cpu_precision on the server (bf16 only where the CPU has bfloat16 units, else fp32)")
+    p.add_argument("--skip-air", action="store_true", help="as --conf skip_air true on the server: windows holding no body voxel are not run")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: CUDA when the cluster has GPUs")
     p.add_argument("--actors", type=int, help="network actors (default: one per GPU, else 1)")
     p.add_argument("--actor-cpus", type=int, default=1, help="CPUs each network actor reserves (default 1)")
@@ -70,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
             rtstruct=args.rtstruct,
             overlap=args.sw_overlap,
             channels_last=args.channels_last,
+            precision=args.precision,
+            skip_air=args.skip_air,
             retry_failed=args.retry_failed,
         )
     except (BatchError, ConfError) as e:

@@ -85,6 +85,8 @@ def run(
     rtstruct: bool = False,
     overlap: float | None = None,
     channels_last: bool = True,
+    precision: str = "fp32",
+    skip_air: bool = False,
     retry_failed: bool = False,
     echo: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
 ) -> dict[str, Any]:
@@ -98,7 +100,8 @@ def run(
     start = time.monotonic()
     ray = _Ray(resources)
     try:
-        params = {"channels_last": channels_last, "device": ray.device(), **({"overlap": overlap} if overlap is not None else {})}
+        params = {"channels_last": channels_last, "device": ray.device(), "precision": precision, "skip_air": skip_air}
+        params.update({"overlap": overlap} if overlap is not None else {})
         model = ModelRun.create(model_dir, highres, checkpoint, **params)
         manifest = Manifest(out_dir)
         studies = {s.id: s for s in source.studies()}

@@ -23,11 +23,12 @@ from monai.transforms import Compose
 from monai.utils import TraceKeys
 from monailabel.transform.writer import Writer
 
-from lib.acceleration import channels_last
+from lib.acceleration import channels_last, cpu_precision
 from lib.acceleration.cpu_memory import reusing_freed_memory
 from lib.batch.model import ModelRun
 from lib.networks import wholebody_segresnet
 from lib.pipelines import wholebody as pipeline
+from lib.transforms.body_mask import BODY_MASK_KEY, BodyMaskd
 from lib.weights.checkpoints import load_state_dict
 
 logger = logging.getLogger(__name__)
@@ -35,17 +36,20 @@ logger = logging.getLogger(__name__)
 LABEL_EXTENSION = ".nii.gz"
 
 
-def preprocess(path: str, run: ModelRun, threads: int | None = None) -> MetaTensor:
-    """(1, X, Y, Z) float image at the model's spacing, its operations portable to another process.
+def preprocess(path: str, run: ModelRun, threads: int | None = None) -> tuple[MetaTensor, torch.Tensor | None]:
+    """(1, X, Y, Z) float image at the model's spacing, its operations portable to another process, and with
+    ``skip_air`` the body mask on its grid (the windows to run; made from HU, which the image no longer is).
     Raises for a file that is not a readable 3D CT (lib.transforms.validate). ``threads``: those of the
     network, as ``/infer`` normalises with the same threads it infers with; the mean and deviation are
     sums whose order follows the thread count, and a last-bit change flips near-tied labels."""
     if threads:
         torch.set_num_threads(threads)
     with reusing_freed_memory():
-        image = Compose(pipeline.preprocessing(run.pixdim, "cpu"))({"image": path})["image"]
+        data = Compose(pipeline.preprocessing(run.pixdim, "cpu", body=BodyMaskd() if run.skip_air else None))({"image": path})
+    image = data["image"]
     image.applied_operations = _any_instance(image.applied_operations)
-    return image
+    body = data.get(BODY_MASK_KEY)
+    return image, None if body is None else torch.as_tensor(body)
 
 
 def _any_instance(operations: Any) -> Any:
@@ -58,7 +62,8 @@ def _any_instance(operations: Any) -> Any:
 
 class Network:
     """The checkpoint loaded once (per Ray actor), then one study after another, as ``/infer`` runs it:
-    the same layout (channels-last on the CPU), inference mode, AMP on CUDA, streaming argmax."""
+    the same layout (channels-last on the CPU) and precision (bf16 on a CPU if asked, AMP on CUDA),
+    inference mode, streaming argmax, windows on air skipped if asked."""
 
     def __init__(self, run: ModelRun, threads: int | None = None):
         if threads:
@@ -67,16 +72,19 @@ class Network:
         self.device = torch.device("cuda" if run.device == "cuda" else "cpu")
         network = wholebody_segresnet()
         network.load_state_dict(load_state_dict(run.checkpoint), strict=True)
-        self.network = channels_last.for_device(network.to(self.device).eval(), self.device, run.channels_last)
+        network = channels_last.for_device(network.to(self.device).eval(), self.device, run.channels_last)
+        self.network = cpu_precision.for_device(network, self.device, run.precision)
         logger.info(f"wholebody network on {self.device} from {run.checkpoint} ({torch.get_num_threads()} threads)")
 
-    def __call__(self, image: MetaTensor) -> dict[str, Any]:
-        """(1, X, Y, Z) uint8 labels on the preprocessed grid, with what the inversion needs in
-        MONAI's dictionary form (``image_transforms``, ``image_meta_dict``)."""
+    def __call__(self, prepared: tuple[MetaTensor, torch.Tensor | None]) -> dict[str, Any]:
+        """``preprocess``'s image and body mask -> (1, X, Y, Z) uint8 labels on the preprocessed grid, with
+        what the inversion needs in MONAI's dictionary form (``image_transforms``, ``image_meta_dict``)."""
+        image, body = prepared
         with reusing_freed_memory():
             inputs = torch.as_tensor(image)[None].to(self.device)
+            inferer = pipeline.inferer(pipeline.ROI_SIZE, self.run.overlap, window_mask=None if body is None else body[None])
             with torch.inference_mode(), torch.autocast("cuda", enabled=self.device.type == "cuda"):
-                labels = pipeline.inferer(pipeline.ROI_SIZE, self.run.overlap)(inputs, self.network)
+                labels = inferer(inputs, self.network)
             labels = labels[0].cpu().as_tensor() if isinstance(labels, MetaTensor) else labels[0].cpu()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()

@@ -11,6 +11,7 @@ from monailabel.interfaces.config import TaskConfig
 import lib.infers.vista3d
 import lib.infers.vista3d_point
 import lib.trainers.vista3d
+from lib.acceleration import cpu_precision
 from lib.conf import Conf, ConfError
 from lib.infers.vista3d import parse_label_prompt
 from lib.vista3d.classes import LearnedClasses
@@ -41,6 +42,7 @@ class Vista3D(TaskConfig):
         self.max_epochs = options.int("max_epochs", 50, minimum=1)
         self.val_split = options.float("val_split", 0.2, low=0.0, high=0.9)
         self.label_prompt = options.raw("vista3d_label_prompt", DEFAULT_LABEL_PROMPT)
+        self.cpu_precision = cpu_precision.precision_from_conf(options)
         self.classes_path = os.path.join(model_dir, CLASSES_FILE)
         try:
             resolve_prompts(parse_label_prompt(self.label_prompt), None, None, (1, 1, 1), LearnedClasses(self.classes_path).get())
@@ -70,8 +72,8 @@ class Vista3D(TaskConfig):
 
     def infer(self):
         return {
-            self.name: lib.infers.vista3d.Vista3DSegmentation(self.runtime, self.label_prompt, SW_OVERLAP),
-            f"{self.name}_point": lib.infers.vista3d_point.Vista3DPoint(self.runtime),
+            self.name: lib.infers.vista3d.Vista3DSegmentation(self.runtime, self.label_prompt, SW_OVERLAP, self.cpu_precision),
+            f"{self.name}_point": lib.infers.vista3d_point.Vista3DPoint(self.runtime, self.cpu_precision),
         }
 
     def trainer(self):

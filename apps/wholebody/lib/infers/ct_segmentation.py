@@ -62,7 +62,7 @@ class CTSegmentationTask(BasicInferTask):
             # A list shows as a choice in Slicer's options; the first entry is the default.
             config={
                 "result_dtype": "uint8",
-                "precision": [precision, *[p for p in cpu_precision.PRECISIONS if p != precision and cpu_precision.bf16_units()]],
+                "precision": cpu_precision.choices(precision),
                 "skip_air": skip_air,
                 measurements.OPTION: True,
                 **(config or {}),
@@ -88,9 +88,7 @@ class CTSegmentationTask(BasicInferTask):
 
     def precision(self, data: dict[str, Any]) -> str:
         """The precision serving this request on the CPU (``precision`` param: Slicer's list or a value)."""
-        value = data.get("precision", self._config["precision"])
-        chosen = value[0] if isinstance(value, (list, tuple)) and value else value
-        return cpu_precision.serving(cpu_precision.check(chosen, "precision"))
+        return cpu_precision.requested(data, self._config["precision"])
 
     def skips_air(self, data: dict[str, Any]) -> bool:
         return as_bool(data.get("skip_air", self._config["skip_air"]), "skip_air")

@@ -23,6 +23,7 @@ from monai.transforms import CastToTyped, Invertd, Lambdad, MapTransform, Squeez
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
+from lib.acceleration import cpu_precision
 from lib.acceleration.cpu_memory import reusing_freed_memory
 from lib.conf import as_bool
 from lib.measurements import on_image as measurements
@@ -96,7 +97,10 @@ class Vista3DTask(BasicInferTask):
     """Shared by ``vista3d`` and ``vista3d_point``: weights check, learned classes in ``/info/``,
     cached preprocessing, post-processing and the cache counters in the answer."""
 
-    def __init__(self, runtime: Vista3DRuntime, type: str, description: str, config: dict[str, Any] | None = None):
+    def __init__(
+        self, runtime: Vista3DRuntime, type: str, description: str, config: dict[str, Any] | None = None, precision: str = "fp32"
+    ):
+        """``precision``: the served CPU default after the CPU check (lib/acceleration/cpu_precision.py)."""
         super().__init__(
             path=None,
             network=None,
@@ -104,7 +108,7 @@ class Vista3DTask(BasicInferTask):
             labels=runtime.labels(),
             dimension=3,
             description=description,
-            config={"result_dtype": "uint8", measurements.OPTION: True, **(config or {})},
+            config={"result_dtype": "uint8", "precision": cpu_precision.choices(precision), measurements.OPTION: True, **(config or {})},
         )
         self.runtime = runtime
 
@@ -116,6 +120,7 @@ class Vista3DTask(BasicInferTask):
         self.labels = self.runtime.labels()  # learned classes appear without a restart
         info = super().info()
         info["weights"] = {"default": self.runtime.checkpoint.status()}
+        info["cpu_precision"] = self._config["precision"][0]
         info["untrained"] = self.runtime.checkpoint_path() is None
         if info["untrained"]:
             info["message"] = self.runtime.unavailable_message()
@@ -125,6 +130,7 @@ class Vista3DTask(BasicInferTask):
     # ------------------------------------------------------------------ request
     def __call__(self, request, callbacks=None):
         self.labels = self.runtime.labels()
+        request = {**request, "precision": cpu_precision.requested(request, self._config["precision"])}  # 422 early
         self.check_request(request)  # a bad prompt is 422 with or without weights
         as_bool(request.get(measurements.OPTION, True), measurements.OPTION)
         self.runtime.require_weights()  # 503 naming the path, before reading anything
@@ -136,6 +142,7 @@ class Vista3DTask(BasicInferTask):
         after = self.runtime.stats()
         delta = {k: after[k] - before[k] for k in ("encoder_runs", "cache_hits", "cache_misses", "head_runs", "head_reuses", "evictions")}
         result_json["vista3d_cache"] = {**after, "request": {**delta, "preprocessing": extra.pop("preprocessing", None)}}
+        result_json["precision"] = extra.pop("precision", None)
         result_json["vista3d"] = extra
         return result_file, measurements.report_latency(result_json)
 
@@ -160,7 +167,8 @@ class Vista3DTask(BasicInferTask):
         prompts = self.prompts(data, prep)
         network, model_key = self.runtime.network(device)
         image = data[self.input_key][None].to(torch.device(device))
-        with torch.no_grad(), torch.autocast("cuda", enabled=str(device).startswith("cuda")):
+        # The cached encoder outputs are keyed by the autocast state too: a bf16 click never reuses fp32 features.
+        with torch.no_grad(), cpu_precision.autocast(device, data["precision"]):
             logits, post_prompts = self.logits(network, image, prompts, prep, model_key, data)
         if str(device).startswith("cuda"):
             torch.cuda.empty_cache()
@@ -169,6 +177,7 @@ class Vista3DTask(BasicInferTask):
         data[self.output_label_key] = logits[0].float().clone()
         data[PROMPTS_KEY] = post_prompts
         data[RESULT_KEY].update(self.describe(prompts, data))
+        data[RESULT_KEY]["precision"] = data["precision"] if torch.device(device).type == "cpu" else "amp"
         return data
 
     def describe(self, prompts: ResolvedPrompts, data: dict[str, Any]) -> dict[str, Any]:
@@ -201,12 +210,13 @@ class Vista3DSegmentation(Vista3DTask):
     """``vista3d``: ``label_prompt`` = global class ids or names (default from the config, "everything");
     kidney, lung and bone expand to their subclasses. ``label_names`` in the answer: VISTA3D names."""
 
-    def __init__(self, runtime: Vista3DRuntime, label_prompt: str, overlap: float):
+    def __init__(self, runtime: Vista3DRuntime, label_prompt: str, overlap: float, precision: str = "fp32"):
         super().__init__(
             runtime,
             InferType.SEGMENTATION,
             "VISTA3D automatic segmentation by class prompts (127 structures; MONAI bundle vista3d)",
             config={"label_prompt": label_prompt},
+            precision=precision,
         )
         self.overlap = overlap
 

@@ -46,11 +46,12 @@ def _point_list(value: Any, what: str, items: str = "[i, j, k] voxel indices") -
 
 
 class Vista3DPoint(Vista3DTask):
-    def __init__(self, runtime: Vista3DRuntime):
+    def __init__(self, runtime: Vista3DRuntime, precision: str = "fp32"):
         super().__init__(
             runtime,
             InferType.DEEPGROW,
             "VISTA3D click-to-segment: foreground/background points, optionally with the segment's class",
+            precision=precision,
         )
 
     # ------------------------------------------------------------------ prompts
