@@ -11,6 +11,9 @@ so. Figures, in the preprocessed (resampled) grid, against fp32 with every windo
     $V/bin/python bench/bench_cpu_precision.py --checkpoint CKPT --res highres          # a whole CT
     $V/bin/python bench/bench_cpu_precision.py --res lowres --crop 0:64,0:64,0:30       # a small smoke run
     $V/bin/python bench/bench_cpu_precision.py --checkpoint CKPT --window 96            # one window, per layout
+
+``--window`` also times OpenVINO (f32 and bf16) when the Python running the bench can import it: it is not a
+dependency, so install it beside the project's packages to compare (docs/performance.md says how).
 """
 
 from __future__ import annotations
@@ -96,28 +99,56 @@ def agreement(reference: torch.Tensor, labels: torch.Tensor, body: torch.Tensor,
     }
 
 
-def window_timing(network: torch.nn.Module, size: int, repeats: int) -> dict:
-    """Median seconds of one forward of a ``size``^3 window, per layout and precision (after a warm-up round)."""
-    x = torch.randn(1, 1, size, size, size)
+def centre_window(data: dict, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The middle ``size``^3 window of the preprocessed CT (zero-padded as MONAI pads), and its body voxels."""
+    image, hu = torch.as_tensor(data["image"]), torch.as_tensor(data["hu"])
+    pad = [p for n in reversed(image.shape[1:]) for p in (max(size - n, 0) // 2, max(size - n, 0) - max(size - n, 0) // 2)]
+    image, hu = torch.nn.functional.pad(image, pad), torch.nn.functional.pad(hu, pad, value=-1024.0)
+    window = tuple(slice((n - size) // 2, (n - size) // 2 + size) for n in image.shape[1:])
+    return image[(slice(None), *window)][None].contiguous(), hu[(0, *window)] > BODY_HU
+
+
+def openvino_variants(network: torch.nn.Module, x: torch.Tensor) -> dict:
+    """OpenVINO's CPU plugin on the same network, in f32 and bf16 (its own AMX kernels), if it is installed."""
+    try:
+        import openvino as ov
+    except ImportError:
+        return {}
+    model = ov.convert_model(network, example_input=x)
+    core = ov.Core()
+    variants = {}
+    for hint in ("f32", "bf16"):
+        compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"})
+        variants[f"openvino {hint}"] = lambda c=compiled: (lambda t: torch.from_numpy(c(t.numpy())[0]))
+    return variants
+
+
+def window_timing(network: torch.nn.Module, x: torch.Tensor, body: torch.Tensor, repeats: int) -> dict:
+    """Median seconds of one forward of the window ``x`` per layout, precision and engine (after a warm-up
+    round), and the share of the window's body voxels whose label equals PyTorch fp32's."""
     # Built one at a time: channels-last converts the shared weights in place, and back after.
     variants = {
         "fp32": lambda: network,
         "fp32 channels-last": lambda: channels_last.for_device(network, "cpu", True),
         "bf16 channels-last": lambda: cpu_precision.for_device(channels_last.for_device(network, "cpu", True), "cpu", "bf16"),
+        **openvino_variants(network, x),
     }
     times: dict[str, list[float]] = {name: [] for name in variants}
+    labels: dict[str, torch.Tensor] = {}
     # Round-robin, so that a change of load on a shared machine slows every variant alike.
     for round_ in range(repeats + 1):
         for name, make in variants.items():
             net = make()
             with torch.inference_mode():
                 start = time.perf_counter()
-                net(x)
+                out = net(x)
                 if round_:  # the first round is the warm-up
                     times[name].append(time.perf_counter() - start)
+            labels[name] = out[0].argmax(0)
             network.to(memory_format=torch.contiguous_format)
-    out = {name: round(statistics.median(t), 3) for name, t in times.items()}
-    return out
+    seconds = {name: round(statistics.median(t), 3) for name, t in times.items()}
+    equal = {name: round((labels[name][body] == labels["fp32"][body]).float().mean().item(), 6) for name in variants}
+    return {"seconds": seconds, "body_voxels_equal_to_fp32": equal}
 
 
 def main() -> None:
@@ -138,7 +169,8 @@ def main() -> None:
     print(f"bfloat16 units: {cpu_precision.bf16_units()}, torch threads: {torch.get_num_threads()}")
     network = load_network(args.checkpoint)
     if args.window:
-        result = {"window": args.window, "seconds": window_timing(network, args.window, args.repeats)}
+        x, body = centre_window(preprocess(str(CT), args.res == "highres"), args.window)
+        result = {"window": args.window, "res": args.res, "checkpoint": args.checkpoint, **window_timing(network, x, body, args.repeats)}
         fp32 = result["seconds"]["fp32"]
         result["speed-up vs fp32"] = {k: round(fp32 / v, 2) for k, v in result["seconds"].items()}
     else:

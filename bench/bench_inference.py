@@ -4,7 +4,8 @@ Both run on the same inputs and the same checkpoint (seeded random weights, or `
 a fresh subprocess so that peak RSS and peak GPU memory belong to that run alone. It prints ratios from this
 one run rather than seconds to compare with some fixed number, because absolute times depend on the machine.
 
-``--modes`` runs ours once per CPU mode (``fp32``, ``bf16``, ``+skip`` for ``skip_air``: the request params),
+``--modes`` runs ours once per CPU mode (``fp32``, ``bf16``, ``+skip`` for ``skip_air``: the request params;
+``+openvino`` for ``--conf cpu_engine openvino``, with a Python that can import openvino),
 each against the bundle pipeline in fp32 and against our own fp32: Dice per structure of at least 1 ml and
 the share of body voxels (> -500 HU) with the same label. Agreement means something only on a confident
 checkpoint (bench/confident_checkpoint.py), not on random weights.
@@ -199,7 +200,7 @@ def child(spec: dict) -> dict:
         from lib.configs.wholebody import WholeBodySegmentation
 
         config = WholeBodySegmentation()
-        config.init("wholebody", spec["model_dir"], {"download_weights": "false"}, None)
+        config.init("wholebody", spec["model_dir"], {"download_weights": "false", "cpu_engine": spec["engine"]}, None)
         task = config.infer()
         request = {"image": spec["image"], "highres": spec["highres"], "result_extension": ".nii.gz",
                    "device": spec["device"], "logging": "WARNING", "precision": spec["precision"], "skip_air": spec["skip_air"]}
@@ -211,7 +212,7 @@ def child(spec: dict) -> dict:
         def run_once() -> dict:
             result_file, result = task(request)
             shutil.move(result_file, spec["result"])  # the writer's temp file may sit on another filesystem
-            assert result["precision"] == spec["precision"] or spec["device"] != "cpu", result["precision"]
+            assert spec["device"] != "cpu" or (result["precision"], result["engine"]) == (spec["precision"], spec["engine"]), result
             return {**{k: v for k, v in result["latencies"].items() if k != "transform"}, "windows": result["windows"]}
 
     if cuda:
@@ -361,7 +362,8 @@ def main() -> None:
     p.add_argument("--ours", choices=["task", "pipeline"], default="task",
                    help="task: the MONAI Label infer task end to end; pipeline: lib.pipelines.wholebody without the server stack")
     p.add_argument("--checkpoint", help="a wholebody state dict for both pipelines (bench/confident_checkpoint.py); default seeded random weights")
-    p.add_argument("--modes", default="fp32", help="comma list of ours' CPU modes: fp32, bf16, fp32+skip, bf16+skip (skip_air)")
+    p.add_argument("--modes", default="fp32",
+                   help="comma list of ours' CPU modes: fp32 or bf16, +skip for skip_air, +openvino for --conf cpu_engine openvino (e.g. bf16+skip+openvino)")
     p.add_argument("--repeat", type=int, default=1, help="runs per subprocess (later ones warm); the median is reported")
     p.add_argument("--out", default=None, help="JSON results (default bench/results/inference-<host>-<device>.json)")
     p.add_argument("--child", help=argparse.SUPPRESS)
@@ -374,8 +376,10 @@ def main() -> None:
     res = [r.strip() for r in args.res.split(",") if r.strip()]
     assert set(res) <= {"lowres", "highres"}, res
     modes = ["fp32", *[m.strip() for m in args.modes.split(",") if m.strip() and m.strip() != "fp32"]]
-    if not set(modes) <= {"fp32", "bf16", "fp32+skip", "bf16+skip"}:
-        p.error(f"--modes: fp32, bf16, fp32+skip or bf16+skip, got {args.modes}")
+    for mode in modes:
+        parts = mode.split("+")
+        if parts[0] not in ("fp32", "bf16") or not set(parts[1:]) <= {"skip", "openvino"} or len(set(parts)) != len(parts):
+            p.error(f"--modes: each fp32 or bf16, then optionally +skip and +openvino, got {mode!r}")
     if len(modes) > 1 and args.ours != "task":
         p.error("--modes other than fp32 run through the infer task (--ours task)")
     out = Path(args.out or ROOT / "bench" / "results" / f"inference-{socket.gethostname()}-{args.device}.json")
@@ -390,9 +394,10 @@ def main() -> None:
                         "model_dir": str(tmp / "model"), "repeat": args.repeat, "ours": args.ours}
                 row = {**{k: case[k] for k in ("case", "shape", "spacing")}, "res": r, "device": args.device, "modes": {}}
                 for mode in modes:  # fp32 first: the others are compared with it
-                    precision, skip = mode.split("+")[0], mode.endswith("+skip")
+                    parts = mode.split("+")
+                    engine = "openvino" if "openvino" in parts else "torch"
                     result = str(tmp / f"ours_{mode}.nii.gz")
-                    measured = run_child({**spec, "who": "ours", "precision": precision, "skip_air": skip, "result": result})
+                    measured = run_child({**spec, "who": "ours", "precision": parts[0], "skip_air": "skip" in parts, "engine": engine, "result": result})
                     if mode == "fp32":
                         row["ours"] = measured
                     else:

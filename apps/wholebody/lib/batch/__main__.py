@@ -40,6 +40,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                    help="on a CPU: as --conf cpu_precision on the server (bf16 only where the CPU has bfloat16 units, else fp32)")
     p.add_argument("--skip-air", action="store_true", help="as --conf skip_air true on the server: windows holding no body voxel are not run")
+    p.add_argument("--engine", default="torch", choices=["torch", "openvino"], help="on a CPU: as --conf cpu_engine on the server")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: CUDA when the cluster has GPUs")
     p.add_argument("--actors", type=int, help="network actors (default: one per GPU, else 1)")
     p.add_argument("--actor-cpus", type=int, default=1, help="CPUs each network actor reserves (default 1)")
@@ -75,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             channels_last=args.channels_last,
             precision=args.precision,
             skip_air=args.skip_air,
+            engine=args.engine,
             retry_failed=args.retry_failed,
         )
     except (BatchError, ConfError) as e:

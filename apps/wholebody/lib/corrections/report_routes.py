@@ -12,6 +12,7 @@ from monailabel.endpoints.user.auth import RBAC, User
 
 from lib.corrections.report import records, report
 
+
 def install(fastapi_app: FastAPI, app: Any) -> None:
     router = APIRouter(prefix="/corrections", tags=["Corrections"])
     role = settings.MONAI_LABEL_AUTH_ROLE_REVIEWER

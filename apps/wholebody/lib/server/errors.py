@@ -23,14 +23,14 @@ import uuid
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse
-from starlette.middleware import Middleware
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from monailabel.interfaces.exception import (
     ImageNotFoundException,
     LabelNotFoundException,
     MONAILabelError,
     MONAILabelException,
 )
+from starlette.middleware import Middleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lib.conf import ConfError
 from lib.transforms.validate import InvalidImageError
