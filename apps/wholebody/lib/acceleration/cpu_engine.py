@@ -18,6 +18,7 @@ from lib.conf import Conf, ConfError
 logger = logging.getLogger(__name__)
 
 ENGINES = ("torch", "openvino")
+DEFAULT = "torch"  # --conf cpu_engine's default (docs/performance.md says why)
 
 
 def serving(engine: str) -> str:
@@ -34,7 +35,7 @@ def _warn_missing() -> None:
 
 
 def engine_from_conf(conf: Conf) -> str:
-    engine = (conf.raw("cpu_engine") or "torch").strip().lower()
+    engine = (conf.raw("cpu_engine") or DEFAULT).strip().lower()
     if engine not in ENGINES:
         raise ConfError(f"'cpu_engine' must be one of {', '.join(ENGINES)}, got {conf.raw('cpu_engine')!r}")
     return serving(engine)

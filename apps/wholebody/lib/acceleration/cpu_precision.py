@@ -21,6 +21,7 @@ from lib.conf import Conf, ConfError
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16")
+DEFAULT = "fp32"  # --conf cpu_precision's default (docs/performance.md says why)
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 CPUINFO = "/proc/cpuinfo"
 
@@ -73,7 +74,7 @@ def requested(data: dict[str, Any], default: Any) -> str:
 
 def precision_from_conf(conf: Conf) -> str:
     """``--conf cpu_precision fp32|bf16``: the precision CPU inference serves by default, after the CPU check."""
-    return serving(check(conf.raw("cpu_precision") or "fp32", "cpu_precision"))
+    return serving(check(conf.raw("cpu_precision") or DEFAULT, "cpu_precision"))
 
 
 class BFloat16Autocast(torch.nn.Module):

@@ -36,6 +36,7 @@ from lib.conf import Conf
 BODY_MASK_KEY = "body_mask"
 THRESHOLD_HU = -500.0
 MARGIN_MM = 10.0
+SKIP_AIR = False  # --conf skip_air's default (docs/performance.md says why)
 # The mask is built on blocks of BLOCK^3 voxels: 64x fewer voxels to label, fill and dilate (on a full-size CT at
 # 1.5 mm the voxel-level mask took ~18 s here, as long as a tenth of the inference), and only windows read it.
 BLOCK = 4
@@ -93,7 +94,7 @@ class BodyMaskd(MapTransform):
 def from_conf(conf: Conf) -> tuple[bool, BodyMaskd]:
     """``--conf skip_air true|false`` (whether requests skip air windows by default), ``body_hu`` and
     ``body_margin_mm`` (the mask's rule)."""
-    skip = conf.bool("skip_air", False)
+    skip = conf.bool("skip_air", SKIP_AIR)
     threshold = conf.float("body_hu", THRESHOLD_HU, low=-1000.0, high=1000.0)
     margin = conf.float("body_margin_mm", MARGIN_MM, low=0.0, high=200.0)
     return skip, BodyMaskd(threshold_hu=threshold, margin_mm=margin)
