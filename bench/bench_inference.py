@@ -4,8 +4,7 @@ Both run on the same inputs and the same checkpoint (seeded random weights, or `
 a fresh subprocess so that peak RSS and peak GPU memory belong to that run alone. It prints ratios from this
 one run rather than seconds to compare with some fixed number, because absolute times depend on the machine.
 
-``--modes`` runs ours once per CPU mode (``fp32``, ``bf16``, ``+skip`` for ``skip_air``: the request params;
-``+openvino`` for ``--conf cpu_engine openvino``, with a Python that can import openvino),
+``--modes`` runs ours once per CPU mode (``fp32``, ``bf16``, ``+skip`` for ``skip_air``: the request params),
 each against the bundle pipeline in fp32 and against our own fp32: Dice per structure of at least 1 ml and
 the share of body voxels (> -500 HU) with the same label. Agreement means something only on a confident
 checkpoint (bench/confident_checkpoint.py), not on random weights.
@@ -202,18 +201,18 @@ def child(spec: dict) -> dict:
         from lib.configs.wholebody import WholeBodySegmentation
 
         config = WholeBodySegmentation()
-        config.init("wholebody", spec["model_dir"], {"download_weights": "false", "cpu_engine": spec["engine"]}, None)
+        config.init("wholebody", spec["model_dir"], {"download_weights": "false"}, None)
         task = config.infer()
         request = {"image": spec["image"], "highres": spec["highres"], "result_extension": ".nii.gz",
                    "device": spec["device"], "logging": "WARNING", "precision": spec["precision"], "skip_air": spec["skip_air"]}
         network = task._get_network(name_to_device(spec["device"]), request)  # load the model before the baseline, as above
         if spec["device"] == "cpu":
-            # A server pays the engine's set-up once, not per request: OpenVINO's conversion and compiling, oneDNN's
-            # first bfloat16 kernels. One window on zeros before the baseline, as the reference gets.
-            from lib.acceleration import cpu_engine
+            # A server pays oneDNN's set-up of its first (bfloat16) kernels once, not per request: one window on
+            # zeros before the baseline, as the reference gets.
+            from lib.acceleration import cpu_precision
 
             with torch.inference_mode():
-                cpu_engine.for_device(network, "cpu", spec["precision"], spec["engine"])(torch.zeros(1, 1, 96, 96, 96))
+                cpu_precision.for_device(network, "cpu", spec["precision"])(torch.zeros(1, 1, 96, 96, 96))
         # MONAI Label writes NIfTI with ITK, whose lazy modules take ~5 s to load on first use: an import, paid
         # once per server process, not per request, so it goes before the baseline too.
         itk.imwrite(itk.image_from_array(np.zeros((2, 2, 2), np.uint8)), str(Path(spec["result"]).with_suffix(".warm.nii")))
@@ -221,7 +220,7 @@ def child(spec: dict) -> dict:
         def run_once() -> dict:
             result_file, result = task(request)
             shutil.move(result_file, spec["result"])  # the writer's temp file may sit on another filesystem
-            assert spec["device"] != "cpu" or (result["precision"], result["engine"]) == (spec["precision"], spec["engine"]), result
+            assert spec["device"] != "cpu" or result["precision"] == spec["precision"], result["precision"]
             return {**{k: v for k, v in result["latencies"].items() if k != "transform"}, "windows": result["windows"]}
 
     if cuda:
@@ -371,8 +370,7 @@ def main() -> None:
     p.add_argument("--ours", choices=["task", "pipeline"], default="task",
                    help="task: the MONAI Label infer task end to end; pipeline: lib.pipelines.wholebody without the server stack")
     p.add_argument("--checkpoint", help="a wholebody state dict for both pipelines (bench/confident_checkpoint.py); default seeded random weights")
-    p.add_argument("--modes", default="fp32",
-                   help="comma list of ours' CPU modes: fp32 or bf16, +skip for skip_air, +openvino for --conf cpu_engine openvino (e.g. bf16+skip+openvino)")
+    p.add_argument("--modes", default="fp32", help="comma list of ours' CPU modes: fp32, bf16, fp32+skip, bf16+skip (skip_air)")
     p.add_argument("--repeat", type=int, default=1, help="runs per subprocess (later ones warm); the median is reported")
     p.add_argument("--out", default=None, help="JSON results (default bench/results/inference-<host>-<device>.json)")
     p.add_argument("--child", help=argparse.SUPPRESS)
@@ -385,10 +383,8 @@ def main() -> None:
     res = [r.strip() for r in args.res.split(",") if r.strip()]
     assert set(res) <= {"lowres", "highres"}, res
     modes = ["fp32", *[m.strip() for m in args.modes.split(",") if m.strip() and m.strip() != "fp32"]]
-    for mode in modes:
-        parts = mode.split("+")
-        if parts[0] not in ("fp32", "bf16") or not set(parts[1:]) <= {"skip", "openvino"} or len(set(parts)) != len(parts):
-            p.error(f"--modes: each fp32 or bf16, then optionally +skip and +openvino, got {mode!r}")
+    if not set(modes) <= {"fp32", "bf16", "fp32+skip", "bf16+skip"}:
+        p.error(f"--modes: fp32, bf16, fp32+skip or bf16+skip, got {args.modes}")
     if len(modes) > 1 and args.ours != "task":
         p.error("--modes other than fp32 run through the infer task (--ours task)")
     out = Path(args.out or ROOT / "bench" / "results" / f"inference-{socket.gethostname()}-{args.device}.json")
@@ -403,10 +399,9 @@ def main() -> None:
                         "model_dir": str(tmp / "model"), "repeat": args.repeat, "ours": args.ours}
                 row = {**{k: case[k] for k in ("case", "shape", "spacing")}, "res": r, "device": args.device, "modes": {}}
                 for mode in modes:  # fp32 first: the others are compared with it
-                    parts = mode.split("+")
-                    engine = "openvino" if "openvino" in parts else "torch"
+                    precision, skip = mode.split("+")[0], mode.endswith("+skip")
                     result = str(tmp / f"ours_{mode}.nii.gz")
-                    measured = run_child({**spec, "who": "ours", "precision": parts[0], "skip_air": "skip" in parts, "engine": engine, "result": result})
+                    measured = run_child({**spec, "who": "ours", "precision": precision, "skip_air": skip, "result": result})
                     if mode == "fp32":
                         row["ours"] = measured
                     else:

@@ -1,15 +1,13 @@
-"""``cpu_precision``, ``cpu_engine``, ``skip_air`` and their request params through the `spleen` and `wholebody` infer tasks:
+"""``cpu_precision``, ``skip_air`` and their request params through the `spleen` and `wholebody` infer tasks:
 the answer says what served, a request for fp32 gets fp32, an unknown precision is refused before any work."""
 
 from __future__ import annotations
-
-import logging
 
 import nibabel as nib
 import numpy as np
 import pytest
 
-from lib.acceleration import cpu_engine, cpu_precision, openvino_cpu
+from lib.acceleration import cpu_precision
 from lib.conf import ConfError
 
 
@@ -94,14 +92,3 @@ def test_vista3d_serves_the_conf_precision_per_request_and_refuses_an_unknown_on
         assert task._config["precision"] == ["bf16", "fp32"], "Slicer's choice: the default first"
         with pytest.raises(ConfError, match="'precision'"):  # refused before the weights or the image are needed
             task({"image": str(tmp_path / "never-read.nii.gz"), "precision": "fp16"})
-
-
-def test_without_the_package_openvino_serves_pytorch_with_one_warning(tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(openvino_cpu, "available", lambda: False)
-    cpu_engine._warn_missing.cache_clear()
-    with caplog.at_level(logging.WARNING):
-        assert spleen_task(tmp_path, cpu_engine="openvino").info()["cpu_engine"] == "torch"
-    assert "openvino package is not installed" in caplog.text
-    cpu_engine._warn_missing.cache_clear()
-    with pytest.raises(ConfError, match="'cpu_engine' must be one of torch, openvino"):
-        spleen_task(tmp_path, cpu_engine="tensorflow")

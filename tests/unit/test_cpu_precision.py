@@ -47,16 +47,11 @@ def _confident_network(image: torch.Tensor, target: torch.Tensor) -> torch.nn.Mo
     return net.eval()
 
 
-def confident_crop() -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
-    """A crop of the shared CT (1, 1, 32, 32, 8), its HU classes, and a network confident on them."""
+def test_bf16_labels_equal_fp32_labels_where_the_logits_are_confident():
     hu = torch.as_tensor(np.asarray(nib.load(str(CT)).dataobj[30:62, 20:52, 10:18], dtype=np.float32))
     target = torch.bucketize(hu.contiguous(), torch.tensor(HU_CLASSES))[None].long()
     image = (hu / 1000.0)[None, None]
-    return _confident_network(image, target), image, target
-
-
-def test_bf16_labels_equal_fp32_labels_where_the_logits_are_confident():
-    net, image, target = confident_crop()
+    net = _confident_network(image, target)
     with torch.no_grad():
         fp32 = net(image)
         bf16 = cpu_precision.BFloat16Autocast(ChannelsLast(net))(image)

@@ -16,7 +16,7 @@ import argparse
 import os
 import sys
 
-from lib.acceleration import cpu_engine, cpu_precision
+from lib.acceleration import cpu_precision
 from lib.batch.model import BatchError
 from lib.batch.pipeline import APP_DIR, Resources, run
 from lib.batch.sources import open_studies
@@ -43,8 +43,6 @@ def parser() -> argparse.ArgumentParser:
                    help=f"on a CPU: as --conf cpu_precision on the server (default {cpu_precision.DEFAULT}; bf16 only where the CPU has bfloat16 units, else fp32)")
     p.add_argument("--skip-air", action=argparse.BooleanOptionalAction, default=body_mask.SKIP_AIR,
                    help=f"as --conf skip_air on the server: windows holding no body voxel are not run (default {str(body_mask.SKIP_AIR).lower()})")
-    p.add_argument("--engine", default=cpu_engine.DEFAULT, choices=cpu_engine.ENGINES,
-                   help=f"on a CPU: as --conf cpu_engine on the server (default {cpu_engine.DEFAULT})")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: CUDA when the cluster has GPUs")
     p.add_argument("--actors", type=int, help="network actors (default: one per GPU, else 1)")
     p.add_argument("--actor-cpus", type=int, default=1, help="CPUs each network actor reserves (default 1)")
@@ -80,7 +78,6 @@ def main(argv: list[str] | None = None) -> int:
             channels_last=args.channels_last,
             precision=args.precision,
             skip_air=args.skip_air,
-            engine=args.engine,
             retry_failed=args.retry_failed,
         )
     except (BatchError, ConfError) as e:

@@ -8,7 +8,7 @@ import json
 import os
 from dataclasses import asdict, dataclass
 
-from lib.acceleration import cpu_engine, cpu_precision
+from lib.acceleration import cpu_precision
 from lib.conf import Conf
 from lib.pipelines import wholebody as pipeline
 from lib.weights.download import md5sum
@@ -41,9 +41,8 @@ def checkpoint_path(model_dir: str, highres: bool, checkpoint: str | None = None
 @dataclass(frozen=True)
 class ModelRun:
     """``/infer``'s ``wholebody`` request params (``highres``, ``sw_overlap``, ``precision``, ``skip_air``,
-    ``--conf channels_last`` and ``cpu_engine``) on ``device``'s kind (AMP on CUDA changes the numbers), and the
-    checkpoint by content. ``precision`` and ``engine`` are those that serve (bf16 only on a CPU with the units,
-    OpenVINO only where it is installed)."""
+    ``--conf channels_last``) on ``device``'s kind (AMP on CUDA changes the numbers), and the checkpoint by
+    content. ``precision`` is the one that serves (bf16 only on a CPU with the units)."""
 
     checkpoint: str
     checkpoint_md5: str
@@ -53,15 +52,12 @@ class ModelRun:
     device: str = "cpu"
     precision: str = "fp32"
     skip_air: bool = False
-    engine: str = "torch"
 
     @classmethod
     def create(cls, model_dir: str, highres: bool, checkpoint: str | None = None, **params) -> "ModelRun":
         path = os.path.abspath(checkpoint_path(model_dir, highres, checkpoint))
         if "precision" in params:
             params["precision"] = cpu_precision.serving(cpu_precision.check(params["precision"], "precision"))
-        if "engine" in params:
-            params["engine"] = cpu_engine.serving(params["engine"])
         return cls(checkpoint=path, checkpoint_md5=md5sum(path), highres=highres, **params)
 
     @property

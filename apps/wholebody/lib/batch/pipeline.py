@@ -87,7 +87,6 @@ def run(
     channels_last: bool = True,
     precision: str = "fp32",
     skip_air: bool = False,
-    engine: str = "torch",
     retry_failed: bool = False,
     echo: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
 ) -> dict[str, Any]:
@@ -101,7 +100,7 @@ def run(
     start = time.monotonic()
     ray = _Ray(resources)
     try:
-        params = {"channels_last": channels_last, "device": ray.device(), "precision": precision, "skip_air": skip_air, "engine": engine}
+        params = {"channels_last": channels_last, "device": ray.device(), "precision": precision, "skip_air": skip_air}
         params.update({"overlap": overlap} if overlap is not None else {})
         model = ModelRun.create(model_dir, highres, checkpoint, **params)
         manifest = Manifest(out_dir)

@@ -23,7 +23,7 @@ from monai.transforms import Compose
 from monai.utils import TraceKeys
 from monailabel.transform.writer import Writer
 
-from lib.acceleration import channels_last, cpu_engine
+from lib.acceleration import channels_last, cpu_precision
 from lib.acceleration.cpu_memory import reusing_freed_memory
 from lib.batch.model import ModelRun
 from lib.networks import wholebody_segresnet
@@ -62,7 +62,7 @@ def _any_instance(operations: Any) -> Any:
 
 class Network:
     """The checkpoint loaded once (per Ray actor), then one study after another, as ``/infer`` runs it:
-    the same layout (channels-last on the CPU), engine and precision (bf16 on a CPU if asked, AMP on CUDA),
+    the same layout (channels-last on the CPU) and precision (bf16 on a CPU if asked, AMP on CUDA),
     inference mode, streaming argmax, windows on air skipped if asked."""
 
     def __init__(self, run: ModelRun, threads: int | None = None):
@@ -73,7 +73,7 @@ class Network:
         network = wholebody_segresnet()
         network.load_state_dict(load_state_dict(run.checkpoint), strict=True)
         network = channels_last.for_device(network.to(self.device).eval(), self.device, run.channels_last)
-        self.network = cpu_engine.for_device(network, self.device, run.precision, run.engine)
+        self.network = cpu_precision.for_device(network, self.device, run.precision)
         logger.info(f"wholebody network on {self.device} from {run.checkpoint} ({torch.get_num_threads()} threads)")
 
     def __call__(self, prepared: tuple[MetaTensor, torch.Tensor | None]) -> dict[str, Any]:

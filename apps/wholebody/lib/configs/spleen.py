@@ -8,7 +8,7 @@ from monailabel.interfaces.config import TaskConfig
 
 import lib.infers.spleen
 import lib.trainers.spleen
-from lib.acceleration import cpu_engine, cpu_precision
+from lib.acceleration import cpu_precision
 from lib.acceleration.tensorrt import precision_from_conf
 from lib.conf import Conf
 from lib.configs.distributed_training import torchrun_launch
@@ -28,7 +28,6 @@ class SpleenSegmentation(TaskConfig):
         self.trt_precision = precision_from_conf(options)
         self.channels_last = options.bool("channels_last", True)
         self.cpu_precision = cpu_precision.precision_from_conf(options)
-        self.cpu_engine = cpu_engine.engine_from_conf(options)
         self.skip_air, self.body = body_mask.from_conf(options)
         self.torchrun = torchrun_launch(name, options)
         self.checkpoint = OfficialCheckpoint("spleen", model_dir, options, os.path.join(model_dir, f"{name}.pt"))
@@ -47,7 +46,6 @@ class SpleenSegmentation(TaskConfig):
             channels_last=self.channels_last,
             precision=self.cpu_precision,
             skip_air=self.skip_air,
-            engine=self.cpu_engine,
             body=self.body,
         )
 

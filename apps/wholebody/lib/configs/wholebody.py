@@ -9,7 +9,7 @@ from monailabel.interfaces.config import TaskConfig
 import lib.infers.wholebody
 import lib.trainers.structure_head
 import lib.trainers.wholebody
-from lib.acceleration import cpu_engine, cpu_precision
+from lib.acceleration import cpu_precision
 from lib.acceleration.tensorrt import precision_from_conf
 from lib.activelearning.scoring import SCORE_KEY, WholeBodyUncertainty
 from lib.activelearning.strategies import ClassEntropy, Diversity, DiversityThenClassEntropy, Uncertainty
@@ -35,7 +35,6 @@ class WholeBodySegmentation(TaskConfig):
         self.trt_precision = precision_from_conf(options)
         self.channels_last = options.bool("channels_last", True)
         self.cpu_precision = cpu_precision.precision_from_conf(options)
-        self.cpu_engine = cpu_engine.engine_from_conf(options)
         self.skip_air, self.body = body_mask.from_conf(options)
         self.torchrun = torchrun_launch(name, options)
         self.checkpoints = {
@@ -78,7 +77,6 @@ class WholeBodySegmentation(TaskConfig):
             channels_last=self.channels_last,
             precision=self.cpu_precision,
             skip_air=self.skip_air,
-            engine=self.cpu_engine,
             body=self.body,
         )
 

@@ -12,7 +12,7 @@ from monai.transforms import Compose
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
-from lib.acceleration import channels_last, cpu_engine, cpu_precision
+from lib.acceleration import channels_last, cpu_precision
 from lib.acceleration.cpu_memory import reusing_freed_memory
 from lib.acceleration.tensorrt import accelerate
 from lib.conf import as_bool
@@ -50,10 +50,8 @@ class CTSegmentationTask(BasicInferTask):
         precision: str = "fp32",
         skip_air: bool = False,
         body: BodyMaskd | None = None,
-        engine: str = "torch",
     ):
-        """``precision``: the served default after the CPU check; ``body``: the body mask's rule for ``skip_air``;
-        ``engine``: what runs the network on a CPU (lib/acceleration/cpu_engine.py), after the install check."""
+        """``precision``: the served default after the CPU check; ``body``: the body mask's rule for ``skip_air``."""
         super().__init__(
             path=list(paths),
             network=network_factory(),
@@ -75,7 +73,6 @@ class CTSegmentationTask(BasicInferTask):
         self._trt_precision = trt_precision
         self._channels_last = channels_last
         self._body = body or BodyMaskd()
-        self._engine = engine
         self._cache: dict[tuple[str, str | None], tuple[torch.nn.Module, float]] = {}
         self._cache_lock = threading.Lock()
 
@@ -84,7 +81,6 @@ class CTSegmentationTask(BasicInferTask):
         weights = self._weights()
         info["weights"] = weights
         info["cpu_precision"] = self._config["precision"][0]
-        info["cpu_engine"] = self._engine
         info["untrained"] = all(w["untrained"] for w in weights.values())
         if info["untrained"]:
             info["description"] += " [UNTRAINED: no weights found, see 'weights']"
@@ -178,8 +174,8 @@ class CTSegmentationTask(BasicInferTask):
 
     def run_inferer(self, data, convert_to_batch=True, device="cuda"):
         precision = data["precision"]
-        # The precision wraps the cached network per request: it shares the weights, so no copy per precision.
-        network = cpu_engine.for_device(self._get_network(device, data), device, precision, self._engine)
+        # bf16 wraps the cached network per request: it shares the weights, so no copy per precision.
+        network = cpu_precision.for_device(self._get_network(device, data), device, precision)
         inputs = torch.as_tensor(data[self.input_key])[None].to(torch.device(device))
         inferer = self.inferer(data)
         with torch.inference_mode(), torch.autocast("cuda", enabled=str(device).startswith("cuda")):
@@ -187,9 +183,9 @@ class CTSegmentationTask(BasicInferTask):
         if str(device).startswith("cuda"):
             torch.cuda.empty_cache()
         windows = inferer.windows
-        served, engine = (precision if torch.device(device).type == "cpu" else "amp"), cpu_engine.served(device, self._engine)
-        logger.info(f"{self.description}: {engine} {served} on {device}, windows run {windows['run']}, skipped {windows['skipped']}")
-        data[self.output_json_key] = {"precision": served, "engine": engine, "windows": dict(windows)}
+        served = precision if torch.device(device).type == "cpu" else "amp"
+        logger.info(f"{self.description}: {served} on {device}, windows run {windows['run']}, skipped {windows['skipped']}")
+        data[self.output_json_key] = {"precision": served, "windows": dict(windows)}
         data.pop(BODY_MASK_KEY, None)
         # A clone outside inference mode, so the inverse transforms may modify it.
         data[self.output_label_key] = outputs[0].clone()
