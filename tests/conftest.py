@@ -93,13 +93,13 @@ def wait_for(predicate, timeout: float, interval: float = 0.5):
         time.sleep(interval)
 
 
-def correction_record(url: str, study: str, timeout: float = 60) -> dict:
+def correction_record(url: str, study: str, timeout: float = 60, headers: dict | None = None) -> dict:
     """The correction record of a study's saved final label, as ``/datastore/?output=all`` shows it once
-    the server has computed it (after answering the save)."""
+    the server has computed it (after answering the save); ``headers``: a signed-in user's, where accounts are on."""
     import requests
 
     def found():
-        objects = requests.get(f"{url}/datastore/", params={"output": "all"}, timeout=30).json()["objects"]
+        objects = requests.get(f"{url}/datastore/", params={"output": "all"}, headers=headers, timeout=30).json()["objects"]
         return ((objects[study]["labels"].get("final") or {}).get("info") or {}).get("corrections")
 
     return wait_for(found, timeout)

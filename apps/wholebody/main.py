@@ -123,12 +123,25 @@ class WholeBodyApp(MONAILabelApp):
             return super().init_remote_datastore()
         model_labels = {name: dict(getattr(config, "labels", None) or {}) for name, config in self.models.items()}
         store = pacs_setup.create(self.studies, self.options, model_labels, "0.1.0")
+        store.label_imported = self._label_imported
         if "monailabel.app" in sys.modules:
-            # Under the server: OHIF's proxy to the PACS, kept to DICOMweb (Google's with its tokens too).
+            # Under the server: OHIF's proxy to the PACS, kept to DICOMweb (Google's with its tokens too); a SEG
+            # OHIF stores through it becomes the study's label at once.
             from lib.pacs import proxy as dicomweb_proxy
 
-            dicomweb_proxy.install(sys.modules["monailabel.app"].app)
+            dicomweb_proxy.install(sys.modules["monailabel.app"].app, on_stored=self._segs_stored)
         return store
+
+    def _segs_stored(self, seg_series: list, user) -> None:
+        try:
+            self.datastore().import_stored(seg_series, user)
+        except Exception as e:  # the SEG is in the PACS: it is imported at the next training instead
+            logger.warning(f"SEG {', '.join(seg_series)} stored through the proxy, not imported yet: {getattr(e, 'detail', e)}")
+
+    def _label_imported(self, image_id: str, saved_at) -> None:
+        """A SEG from the PACS became a study's final label: a save like any other."""
+        self.learning_loop.saved(self, image_id, saved_at)
+        self._release_handout(image_id)
 
     def on_save_label(self, image_id, label_id):
         """The answer to a saved label says what each segment trains in each model (kept in the

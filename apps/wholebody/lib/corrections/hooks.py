@@ -36,8 +36,9 @@ class LearningLoop:
         except Exception as e:  # bookkeeping never costs the annotator the answer: the save gets no record
             logger.warning(f"prediction served for {image_id} not kept ({e}): its correction will have no record")
 
-    def saved(self, app, image_id: str):
-        """A label was saved (before its hand-out is released): its record is computed in the background."""
+    def saved(self, app, image_id: str, saved_at: float | None = None):
+        """A label was saved (before its hand-out is released; ``saved_at`` when not now): its record is computed
+        in the background."""
         store = app.datastore()
         tag = getattr(store, "last_saved_tag", lambda _: None)(image_id) or DefaultLabelTag.FINAL.value
         handouts = getattr(app, "handouts", None)
@@ -45,7 +46,7 @@ class LearningLoop:
         info = store.get_label_info(image_id, tag) or {}
         annotator = signed_in_user() or info.get("user") or info.get("client_id")
         try:
-            return self.recorder.saved(store, image_id, tag, list(app._infers), started, annotator)
+            return self.recorder.saved(store, image_id, tag, list(app._infers), started, annotator, saved_at)
         except Exception as e:  # the label is saved: a record that cannot be made never turns that into an error
             logger.warning(f"corrections of {image_id}: not recorded ({e})")
             return None

@@ -54,9 +54,13 @@ class Recorder:
     def __init__(self):
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="corrections")
 
-    def saved(self, datastore: Datastore, image_id: str, tag: str, models: list[str], started: float | None, annotator: str | None):
-        """Called when a label was saved (``started``: when the study was handed out, if it was). Returns
-        the future of the record (None when no prediction of ``models`` was served for the study)."""
+    def saved(
+        self, datastore: Datastore, image_id: str, tag: str, models: list[str], started: float | None, annotator: str | None,
+        saved_at: float | None = None,
+    ):
+        """Called when a label was saved (``started``: when the study was handed out, if it was; ``saved_at``:
+        when it was saved, if not now, as for a SEG made elsewhere). Returns the future of the record (None when
+        no prediction of ``models`` was served for the study)."""
         if tag != DefaultLabelTag.FINAL.value:
             return None
         info = datastore.get_label_info(image_id, tag) or {}
@@ -64,11 +68,13 @@ class Recorder:
         final_file = datastore.get_label_uri(image_id, tag)
         if not found or not final_file:
             return None
-        saved_at = time.time()
+        received = time.time()
         version = os.stat(final_file).st_mtime_ns
-        return self._worker.submit(self._record, datastore, image_id, tag, found, final_file, version, started, saved_at, annotator)
+        return self._worker.submit(
+            self._record, datastore, image_id, tag, found, final_file, version, started, saved_at or received, received, annotator
+        )
 
-    def _record(self, datastore, image_id, tag, found, final_file, version, started, saved_at, annotator):
+    def _record(self, datastore, image_id, tag, found, final_file, version, started, saved_at, received, annotator):
         served_file, served_info = found
         try:
             record = correction_record(served_file, served_info, final_file, datastore.get_label_info(image_id, tag) or {})
@@ -85,7 +91,7 @@ class Recorder:
                 "saved_at": saved_at,
                 "seconds": round(saved_at - started, 3) if started else None,
                 "annotator": annotator,
-                "computed_in_s": round(time.time() - saved_at, 3),
+                "computed_in_s": round(time.time() - received, 3),
             }
         )
         if datastore.get_label_uri(image_id, tag) != final_file or os.stat(final_file).st_mtime_ns != version:

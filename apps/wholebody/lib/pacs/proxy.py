@@ -14,6 +14,9 @@ little endian, which it cannot do for JPEG 2000 without its GDCM plugin: every f
 HTTP 500 and OHIF shows grey viewports. And it runs blocking requests inside the event loop, without a
 timeout, and answers an unreachable PACS with a 500 and a traceback.
 
+A SEG stored through the proxy (OHIF's "store segmentation") is handed to ``on_stored`` with the signed-in
+user, after the PACS has answered: the server imports it as the study's label (lib/pacs/seg_import.py).
+
 Installed in front of the stock routes when the server runs on a DICOMweb datastore.
 """
 
@@ -22,6 +25,8 @@ from __future__ import annotations
 import functools
 import logging
 import posixpath
+import threading
+from typing import Callable, Optional
 from urllib.parse import quote, unquote, urlsplit
 
 import anyio
@@ -158,9 +163,12 @@ def forward(op: str, path: str, method: str, headers: dict, query: str, body: by
     return Response(content=upstream.content, status_code=upstream.status_code, headers=kept)
 
 
-def install(app: FastAPI) -> None:
+def install(app: FastAPI, on_stored: Optional[Callable[[list[str], Optional[str]], None]] = None) -> None:
     """Puts the proxy routes in front of MONAI Label's own (first match wins). Each takes GET and POST, as the
-    stock routes behind it do, so that a method refused here is refused here, never answered by the stock proxy."""
+    stock routes behind it do, so that a method refused here is refused here, never answered by the stock proxy.
+    ``on_stored(seg series, user)`` runs in a thread of its own after a STOW-RS that stored SEGs."""
+    from lib.pacs.stored_segs import stored_seg_series
+    from lib.server.auth.context import signed_in_user
 
     pacs_threads = anyio.CapacityLimiter(PACS_THREADS)
 
@@ -169,7 +177,12 @@ def install(app: FastAPI) -> None:
             body = await request.body() if request.method == "POST" else None
             # The blocking request runs in a thread of its own pool: the event loop and the other endpoints stay free.
             call = functools.partial(forward, op, path, request.method, dict(request.headers), request.url.query, body)
-            return await anyio.to_thread.run_sync(call, limiter=pacs_threads)
+            answer = await anyio.to_thread.run_sync(call, limiter=pacs_threads)
+            if op == "stow" and on_stored and answer.status_code in (200, 202):
+                segs = stored_seg_series(answer.body)
+                if segs:  # the PACS has it: the import must not hold the viewer's answer
+                    threading.Thread(target=on_stored, args=(segs, signed_in_user()), name="seg-import", daemon=True).start()
+            return answer
 
         return proxy
 

@@ -1,12 +1,14 @@
 """Labels from the PACS: before training, an image whose newest SEG in the PACS is newer than the label
-kept here (saved on another workstation, or none here) gets that SEG as its label."""
+kept here (saved on another workstation, or none here) gets that SEG as its label; a SEG stored through the
+server's DICOMweb proxy (OHIF's "store segmentation") becomes its study's label at once. Either way the import
+is a save: ``label_imported`` (set by the app) gets its correction record made."""
 
 from __future__ import annotations
 
 import logging
 import os
 import tempfile
-from typing import Dict, Optional
+from typing import Callable, Dict, Iterable, Optional
 
 import numpy as np
 from fastapi import HTTPException
@@ -21,6 +23,9 @@ logger = logging.getLogger(__name__)
 class SegImport:
     """Part of ``PacsDatastore`` (``self._connection``, ``self._queue``, ``self._seg_refs``, ``self._cached``
     and the datastore's images and labels)."""
+
+    # (image id, when the SEG was made as epoch seconds or None) after a SEG became a study's final label
+    label_imported: Optional[Callable[[str, Optional[float]], None]] = None
 
     def _seg_series(self) -> Dict[str, tuple[Optional[str], float]]:
         """SEG series in the PACS -> (the image series it references, when it was made as epoch
@@ -68,11 +73,28 @@ class SegImport:
             if label and made <= float(info.get("ts", 0)):
                 continue
             try:
-                self._import_seg(image_id, seg_uid)
+                self._import_seg(image_id, seg_uid, made)
             except HTTPException as e:
                 logger.warning(f"label of {image_id} not imported from SEG {seg_uid}: {e.detail}")
 
-    def _import_seg(self, image_id: str, seg_uid: str) -> None:
+    def import_stored(self, seg_uids: Iterable[str], stored_by: Optional[str] = None) -> list[str]:
+        """SEG series just stored in the PACS (through the proxy, by ``stored_by``): each that is a label to
+        train on and references a study of this datastore becomes that study's final label now, not at the next
+        training. A label saved here and still waiting for its upload is newer and stays. Returns the studies."""
+        with self._lock:
+            self._cache.pop("segs", None)
+        segs = self._seg_series()
+        images = set(self.list_images())
+        imported = []
+        for seg_uid in seg_uids:
+            image_id, made = segs.get(seg_uid, (None, 0.0))
+            if image_id not in images or self._queue.has_pending(image_id):
+                continue
+            self._import_seg(image_id, seg_uid, made, stored_by)
+            imported.append(image_id)
+        return imported
+
+    def _import_seg(self, image_id: str, seg_uid: str, made: float = 0.0, stored_by: Optional[str] = None) -> None:
         import pydicom
         import SimpleITK as sitk
 
@@ -86,6 +108,7 @@ class SegImport:
             sources = self.source_files(image_id)
             uids = [str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in sources]
             labelmap, segments = read_seg(seg_file, uids)
+            creator = str(pydicom.dcmread(seg_file, stop_before_pixels=True).get("ContentCreatorName", "") or "")
             reference = sitk.ReadImage(image_uri)
             label = sitk.GetImageFromArray(labelmap.astype(np.uint8 if labelmap.max() < 256 else np.uint16))
             label.CopyInformation(reference)
@@ -96,8 +119,12 @@ class SegImport:
                 "SeriesInstanceUID": seg_uid,
                 "Modality": "SEG",
             }
+            if stored_by or creator:  # who painted it: the signed-in user who stored it, else the SEG's creator
+                info["user"] = stored_by or creator
             self._store_label(image_id, out, DefaultLabelTag.FINAL, info)
         logger.info(f"Label of {image_id} imported from SEG {seg_uid}")
+        if self.label_imported:
+            self.label_imported(image_id, made or None)
 
 
 def _dicom_epoch(date, time_) -> float:
@@ -105,10 +132,11 @@ def _dicom_epoch(date, time_) -> float:
     import datetime
 
     date = str(getattr(date, "value", date) or "").strip()
-    time_ = str(getattr(time_, "value", time_) or "").strip().split(".")[0].ljust(6, "0")[:6]
+    whole, _, fraction = str(getattr(time_, "value", time_) or "").strip().partition(".")
     if len(date) != 8:
         return 0.0
-    try:
-        return datetime.datetime.strptime(date + time_, "%Y%m%d%H%M%S").timestamp()
+    try:  # the fraction counts: a correction's seconds run from an answer timed to the microsecond
+        made = datetime.datetime.strptime(date + whole.ljust(6, "0")[:6], "%Y%m%d%H%M%S").timestamp()
+        return made + (float(f"0.{fraction[:6]}") if fraction.isdigit() else 0.0)
     except ValueError:
         return 0.0

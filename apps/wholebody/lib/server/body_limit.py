@@ -5,8 +5,9 @@ it parses it, before any endpoint runs, and has no limit. Here the declared ``Co
 checked before a byte is read, and the bytes read are counted as the parser pulls them, so a chunked
 upload that does not declare its size stops at the limit too.
 
-Two limits: uploads (``multipart/form-data``, ``application/octet-stream``: images, labels, sessions)
-may be ``max_upload_mb``; any other body (JSON or form params) ``MAX_PARAMS_BYTES``.
+Two limits: uploads (``multipart/form-data``, ``application/octet-stream``: images, labels, sessions;
+``multipart/related``: DICOM instances a viewer stores through the PACS proxy with STOW-RS) may be
+``max_upload_mb``; any other body (JSON or form params) ``MAX_PARAMS_BYTES``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 MAX_PARAMS_BYTES = 1024 * 1024
-UPLOAD_TYPES = ("multipart/form-data", "application/octet-stream")
+UPLOAD_TYPES = ("multipart/form-data", "application/octet-stream", "multipart/related")
 
 
 class BodyLimit:
