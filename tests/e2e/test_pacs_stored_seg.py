@@ -34,6 +34,7 @@ def test_a_seg_stored_through_the_proxy_is_the_final_label_with_its_correction_r
     monkeypatch.setenv("MONAI_LABEL_DICOMWEB_CACHE_PATH", str(tmp_path / "dicomweb-cache"))
     users_file = tmp_path / "users.json"
     add_user(users_file, "anna", "anna-password", "monailabel-annotator")
+    add_user(users_file, "uma", "uma-password", "monailabel-user")
     conf = {
         "highres": "false", "models": "wholebody", "skip_trainers": "true", "auth_users": str(users_file),
         "weights_url": f"http://127.0.0.1:{free_port()}/", "dicomweb_retry_s": "1",
@@ -70,9 +71,16 @@ def test_a_seg_stored_through_the_proxy_is_the_final_label_with_its_correction_r
         seg = pydicom.dcmread(tmp_path / "seg.dcm")
         seg.Manufacturer, seg.ManufacturerModelName = "OHIF", "OHIF Viewer"  # any viewer's SEG, not this app's own
         del seg.ContentCreatorName
-        viewer = DICOMwebClient(f"{server.url}/proxy/dicom", qido_url_prefix="qido", wado_url_prefix="wado",
-                                stow_url_prefix="stow", headers=headers)
-        viewer.store_instances([seg])
+        def viewer(auth: dict) -> DICOMwebClient:
+            return DICOMwebClient(f"{server.url}/proxy/dicom", qido_url_prefix="qido", wado_url_prefix="wado",
+                                  stow_url_prefix="stow", headers=auth)
+
+        # A user who may only read is refused the store (and so the import): nothing reaches the PACS.
+        uma = requests.post(f"{server.url}/auth/token", data={"username": "uma", "password": "uma-password"}, timeout=60)
+        with pytest.raises(requests.HTTPError) as refused:
+            viewer({"Authorization": f"Bearer {uma.json()['access_token']}"}).store_instances([seg])
+        assert refused.value.response.status_code == 403 and series_uids(orthanc, Modality="SEG") == []
+        viewer(headers).store_instances([seg])
         stored_at = time.time()
         assert series_uids(orthanc, Modality="SEG") == [str(seg.SeriesInstanceUID)]
 
