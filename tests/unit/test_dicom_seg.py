@@ -131,6 +131,40 @@ def test_seg_round_trip_on_the_shared_series(tmp_path):
     assert np.array_equal(lut[back.astype(np.int64)], labelmap)
 
 
+def _viewer_seg(tmp_path, preserved):
+    """A SEG as OHIF (dcmjs) writes it: frames derived from their source instances, Spatial Locations Preserved
+    left out (``None``) or stated."""
+    files, _, labelmap, names = shared_series_with_label()
+    write_seg(files, labelmap, names, str(tmp_path / "seg.dcm"))
+    seg = pydicom.dcmread(tmp_path / "seg.dcm")
+    for frame in seg.PerFrameFunctionalGroupsSequence:
+        for derivation in frame.DerivationImageSequence:
+            for source in derivation.SourceImageSequence:
+                if preserved is None:
+                    del source.SpatialLocationsPreserved
+                else:
+                    source.SpatialLocationsPreserved = preserved
+    seg.save_as(tmp_path / "viewer.dcm")
+    uids = [str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files]
+    return str(tmp_path / "viewer.dcm"), uids, labelmap, names
+
+
+def test_a_viewer_seg_that_does_not_state_spatial_locations_is_read_by_its_source_instances(tmp_path):
+    path, uids, labelmap, names = _viewer_seg(tmp_path, None)
+    numbers, segments = read_seg(path, uids)
+    by_name = {n: v for v, n in names.items()}
+    lut = np.zeros(256, dtype=np.int64)
+    for segment in segments:
+        lut[segment.value] = by_name[segment.name]
+    assert np.array_equal(lut[numbers], labelmap)
+
+
+def test_a_seg_that_says_its_spatial_locations_are_not_preserved_is_refused(tmp_path):
+    path, uids, _, _ = _viewer_seg(tmp_path, "NO")
+    with pytest.raises(RuntimeError, match="spatial locations"):
+        read_seg(path, uids)
+
+
 def test_manual_label_and_empty_label(tmp_path):
     files, _, labelmap, _ = shared_series_with_label()
     out = tmp_path / "manual.dcm"

@@ -82,11 +82,39 @@ def test_prefixes_are_roots_too(monkeypatch):
         upstream_url("qido", "../studies")
 
 
-@pytest.mark.parametrize("op, method", [("qido", "POST"), ("wado", "POST"), ("stow", "GET"), ("", "POST"), ("qido", "PUT")])
+@pytest.mark.parametrize("op, method", [("qido", "POST"), ("stow", "GET"), ("", "POST"), ("qido", "PUT"), ("wado", "PUT")])
 def test_each_operation_has_its_method(op, method):
     with pytest.raises(HTTPException) as refused:
         proxy.forward(op, "studies", method, {}, "", b"")
-    assert refused.value.status_code == 405 and refused.value.headers["Allow"] in ("GET", "POST")
+    assert refused.value.status_code == 405 and refused.value.headers["Allow"] in ("GET", "POST", "GET, POST")
+
+
+@pytest.mark.parametrize("op", ["wado", "stow"])
+@pytest.mark.parametrize("path", ["studies", "studies/1.2.840.1"])
+def test_a_post_is_stow_rs_to_the_stow_root(monkeypatch, op, path):
+    """OHIF 3.10 stores a SEG with its WADO-RS client (POST /proxy/dicom/wado/studies): STOW-RS, to the STOW root."""
+    monkeypatch.setattr("monailabel.config.settings.MONAI_LABEL_STOW_PREFIX", "stow-rs")
+    sent = []
+
+    class Answer:
+        status_code, headers, content, text = 200, {}, b"{}", "{}"
+
+    monkeypatch.setattr(proxy.requests, "request", lambda method, url, **kw: sent.append((method, url)) or Answer())
+    assert proxy.forward(op, path, "POST", {}, "", b"dicom").status_code == 200
+    assert sent == [("POST", f"{ROOT}/stow-rs/{path}")]
+
+
+@pytest.mark.parametrize("op, path, status", [
+    ("wado", "studies/1.2/series/1.3", 405),  # a WADO-RS resource is read, never written
+    ("wado", "series", 405),
+    ("stow", "studies/1.2/series/1.3", 400),  # STOW-RS stores to studies[/{study}] only
+    ("stow", "instances", 400),
+])
+def test_a_post_elsewhere_is_refused_before_any_request(monkeypatch, op, path, status):
+    monkeypatch.setattr(proxy.requests, "request", lambda *a, **k: pytest.fail("the PACS was asked"))
+    with pytest.raises(HTTPException) as refused:
+        proxy.forward(op, path, "POST", {}, "", b"dicom")
+    assert refused.value.status_code == status and "studies/{StudyInstanceUID}" in refused.value.detail
 
 
 def test_an_escape_is_a_400_before_any_request(monkeypatch):

@@ -6,7 +6,9 @@ reaches the rest of the PACS (Orthanc's REST API: every patient, the configurati
 ``tools/execute-script``), since ``requests`` resolves the dot segments. Here only DICOMweb is forwarded:
 the path is decoded until it no longer changes, refused (400) if any segment is made of dots or if it does
 not start at a DICOMweb resource (``studies``, ``series``, ``instances``), and sent re-encoded under the
-configured root; each operation has its method (GET for QIDO-RS and WADO-RS, POST for STOW-RS only).
+configured root; each operation has its method (GET for QIDO-RS and WADO-RS, POST for STOW-RS only). OHIF 3.10
+stores with its WADO-RS client (``POST /proxy/dicom/wado/studies``: its data source has no STOW root), so a POST
+there is STOW-RS too, on the STOW resources only (``studies``, ``studies/{study}``).
 
 The stock proxy also drops the browser's ``Accept`` header on GET. OHIF asks for frames with
 ``transfer-syntax=*`` (it decodes JPEG 2000 itself); without the header Orthanc must transcode to
@@ -25,6 +27,7 @@ from __future__ import annotations
 import functools
 import logging
 import posixpath
+import re
 import threading
 from typing import Callable, Optional
 from urllib.parse import quote, unquote, urlsplit
@@ -50,7 +53,9 @@ PACS_THREADS = 16
 # PACS's DICOMweb root (Orthanc's ``servers/`` forwards to other PACSs) or beside it is not the viewer's.
 DICOMWEB_RESOURCES = ("studies", "series", "instances")
 # GET reads (QIDO-RS, WADO-RS); POST stores (STOW-RS), an annotator's right (lib/server/auth/rules.py).
-METHODS = {"qido": ("GET",), "wado": ("GET",), "stow": ("POST",), "": ("GET",)}
+METHODS = {"qido": ("GET",), "wado": ("GET", "POST"), "stow": ("POST",), "": ("GET",)}
+# What STOW-RS POSTs to: ``studies`` or ``studies/{study}``.
+STOW_PATH = re.compile(r"studies(/[0-9.]+)?")
 # A path decoded this often and still changing was built to slip past a check.
 MAX_DECODINGS = 3
 # RFC 3986 pchar less '%': what a path segment may hold unencoded.
@@ -132,6 +137,13 @@ def forward(op: str, path: str, method: str, headers: dict, query: str, body: by
             f"{', '.join(METHODS[op])} only (QIDO-RS and WADO-RS read with GET, STOW-RS stores with POST at /proxy/dicom/stow)",
             headers={"Allow": ", ".join(METHODS[op])},
         )
+    if method == "POST":
+        if not STOW_PATH.fullmatch(path):
+            detail = "STOW-RS (POST) stores to studies or studies/{StudyInstanceUID} only"
+            if op == "wado":
+                raise HTTPException(status_code=405, detail=detail, headers={"Allow": "GET"})
+            raise HTTPException(status_code=400, detail=f"not forwarded to the PACS: {detail}")
+        op = "stow"
     try:
         url = upstream_url(op, path) + (f"?{query}" if query else "")
     except ProxyPathError as e:
@@ -178,7 +190,7 @@ def install(app: FastAPI, on_stored: Optional[Callable[[list[str], Optional[str]
             # The blocking request runs in a thread of its own pool: the event loop and the other endpoints stay free.
             call = functools.partial(forward, op, path, request.method, dict(request.headers), request.url.query, body)
             answer = await anyio.to_thread.run_sync(call, limiter=pacs_threads)
-            if op == "stow" and on_stored and answer.status_code in (200, 202):
+            if request.method == "POST" and on_stored and answer.status_code in (200, 202):
                 segs = stored_seg_series(answer.body)
                 if segs:  # the PACS has it: the import must not hold the viewer's answer
                     threading.Thread(target=on_stored, args=(segs, signed_in_user()), name="seg-import", daemon=True).start()

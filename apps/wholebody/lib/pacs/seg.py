@@ -188,6 +188,18 @@ def _segment(item) -> Segment:
     return Segment(str(item.SegmentLabel), int(item.SegmentNumber), code=code)
 
 
+def _spatial_locations_unstated(seg) -> bool:
+    """OHIF's SEG (dcmjs) derives each frame from one source instance but leaves out Spatial Locations Preserved,
+    which highdicom needs before it reads frames by their source instances. Unstated is taken as preserved (each
+    frame is its source slice, as the viewer drew it); a SEG that says NO is still refused."""
+    stated = set()
+    for frame in seg.get("PerFrameFunctionalGroupsSequence") or []:
+        for derivation in frame.get("DerivationImageSequence") or []:
+            for source in derivation.get("SourceImageSequence") or []:
+                stated.add(source.get("SpatialLocationsPreserved"))
+    return stated <= {None, ""}
+
+
 def read_seg(seg_file: str, source_uids: Sequence[str]) -> tuple[np.ndarray, list[Segment]]:
     """A SEG as a label map on the given source instances (frames x rows x columns; value =
     segment number) and its segments (value = segment number)."""
@@ -200,7 +212,8 @@ def read_seg(seg_file: str, source_uids: Sequence[str]) -> tuple[np.ndarray, lis
     labelmap = np.zeros((len(source_uids),) + (int(seg.Rows), int(seg.Columns)), dtype=np.uint16)
     if present:
         pixels = seg.get_pixels_by_source_instance(
-            source_sop_instance_uids=present, combine_segments=True, skip_overlap_checks=True
+            source_sop_instance_uids=present, combine_segments=True, skip_overlap_checks=True,
+            ignore_spatial_locations=_spatial_locations_unstated(seg),
         )
         index = {uid: i for i, uid in enumerate(source_uids)}
         for k, uid in enumerate(present):
