@@ -16,6 +16,10 @@ class ConfError(ValueError):
     """A ``--conf`` value or a request parameter that cannot be used as given."""
 
 
+class NothingToTrainError(ConfError):
+    """A training request that a trainer has nothing to learn from (a decoder head without new structures)."""
+
+
 def as_bool(value: object, name: str) -> bool:
     if isinstance(value, bool):
         return value

@@ -19,7 +19,7 @@ from typing import Iterable
 
 import torch
 
-from lib.conf import ConfError
+from lib.conf import ConfError, NothingToTrainError
 from lib.datastore.atomic import write_json_atomically
 from lib.server.errors import NotFoundError, shown
 from lib.weights.checkpoints import save_atomically
@@ -31,6 +31,10 @@ MAX_LABEL = 255  # results are uint8
 
 class HeadError(ConfError):
     """A head request that cannot be carried out as given (answered with 422, as every ConfError)."""
+
+
+class NoNewStructureError(HeadError, NothingToTrainError):
+    """No structure that is not one of the 104: ``POST /train/`` (every trainer) leaves the head trainer out."""
 
 
 @dataclass
@@ -107,7 +111,7 @@ class HeadStore:
         above every value in use. A structure of the 104 or of another head of this resolution is refused."""
         structures = list(dict.fromkeys(structures))
         if not structures:
-            raise HeadError("no new structure to learn: name at least one segment that is not one of the 104")
+            raise NoNewStructureError("no new structure to learn: name at least one segment that is not one of the 104")
         base = {n.lower() for n in base_names}
         clash = [s for s in structures if s.lower() in base]
         if clash:

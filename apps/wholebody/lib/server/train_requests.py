@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from monailabel.endpoints import train
 
-from lib.conf import ConfError
+from lib.conf import ConfError, NothingToTrainError
 
 
 def install(app) -> None:
@@ -39,9 +39,19 @@ def install(app) -> None:
 
     def run(params=None, run_sync=False):
         """``POST /train/`` (every trainer, one after the other), with each trainer's own parameters checked
-        first; stock MONAI Label also merged the whole ``{model: params}`` object into every request."""
-        requests = {model: checked(model, (params or {}).get(model)) for model in app._trainers}
-        return {model: {"result": train.run_model(model, request, run_sync, True), "detail": None} for model, request in requests.items()}
+        first; stock MONAI Label also merged the whole ``{model: params}`` object into every request. A trainer
+        with nothing to learn (the decoder heads, until a label names a new structure) is left out and says why;
+        only if every trainer is, the request is refused. This is OHIF's "Update Model"."""
+        requests, left_out = {}, {}
+        for model in app._trainers:
+            try:
+                requests[model] = checked(model, (params or {}).get(model))
+            except NothingToTrainError as e:
+                left_out[model] = e
+        if not requests and left_out:
+            raise next(iter(left_out.values()))
+        started = {model: {"result": train.run_model(model, request, run_sync, True), "detail": None} for model, request in requests.items()}
+        return {**started, **{model: {"result": None, "detail": f"not trained: {e}"} for model, e in left_out.items()}}
 
     # The route handlers look these up in their module on every call.
     train.run_model = run_model

@@ -22,6 +22,7 @@ from monailabel.tasks.train.basic_train import BasicTrainTask, Context
 from lib.acceleration.cpu_memory import reusing_freed_memory
 from lib.datastore.atomic import write_json_atomically
 from lib.trainers import distributed, params
+from lib.trainers.epoch_loss import EpochLoss
 from lib.trainers.skipped_studies import NoStudyToTrainError, SkippedStudies, SkippingDataset
 
 logger = logging.getLogger(__name__)
@@ -166,6 +167,9 @@ class PublishingTrainTask(BasicTrainTask):
             engine.add_event_handler(Events.EPOCH_COMPLETED, lambda _: self._publish_and_record(context))
             # After MONAI Label's handler, which writes the stats file on the same event.
             engine.add_event_handler(Events.EPOCH_COMPLETED, lambda _: self._add_to_stats("skipped", self._skipped.as_stats()))
+            loss = EpochLoss()
+            loss.attach(context.trainer)
+            engine.add_event_handler(Events.EPOCH_COMPLETED, lambda _: self._add_to_stats("loss", loss.epoch_mean))
 
     def _add_to_stats(self, key: str, value: Any) -> None:
         """Adds ``key`` to the train stats MONAI Label wrote (``/info/`` ``train_stats``); the server reads them at any time."""
