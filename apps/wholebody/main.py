@@ -240,6 +240,7 @@ class WholeBodyApp(MONAILabelApp):
         from lib.batch import server_request as batch_requests
         from lib.corrections import hooks as learning_loop
         from lib.heads import routes as head_routes
+        from lib.ohif import config_route as ohif_config
         from lib.server import body_limit, routes, scoring_requests, train_requests, training_runs, unserved
         from lib.server import errors as http_errors
         from lib.server.auth import install as access_control
@@ -256,6 +257,7 @@ class WholeBodyApp(MONAILabelApp):
         if not self.inline_requests:
             routes.install(fastapi_app, InferQueue(worker_devices(self.infer_workers), self.infer_queue, self.infer_wait_s))
         unserved.install(fastapi_app, self)  # in front of the request layer's routes
+        ohif_config.install(fastapi_app)  # in front of the request layer's copy of the stock /ohif/ route
         # Last: it checks every route installed before it, and refuses to start an exposed server.
         access_control.install(fastapi_app, self.options, self.model_dir)
         super().on_init_complete()

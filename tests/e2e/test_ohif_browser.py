@@ -6,7 +6,6 @@ runs ``wholebody``, and the segments are painted. Screenshots go to ``out/e2e/``
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 
@@ -14,56 +13,11 @@ import numpy as np
 import pytest
 import requests
 from accounts import AccountsServer, add_user
+from ohif import CHROMIUM, CHROMIUM_ARGS, OUTPUT, PAINTED_SEGMENTS, browser_or_fail, viewport_pixels
 
-from conftest import PACS_SERIES, ROOT, free_port
+from conftest import PACS_SERIES, free_port
 
 pytestmark = pytest.mark.e2e
-
-CHROMIUM = "/usr/bin/chromium"
-# Chromium as root in a container, offline: no sandbox, no GPU, no background traffic.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--headless",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
-OUTPUT = ROOT / "out" / "e2e"
-
-PAINTED_SEGMENTS = """() => {
-  const segmentation = services.segmentationService.getSegmentations().find(s => s.segmentationId === '1');
-  const volume = services.segmentationService.getLabelmapVolume('1');
-  const data = volume.voxelManager.getCompleteScalarDataArray();
-  const counts = {};
-  for (let i = 0; i < data.length; i++) { if (data[i]) counts[data[i]] = (counts[data[i]] || 0) + 1; }
-  const painted = {};
-  for (const [index, count] of Object.entries(counts)) {
-    const segment = segmentation.segments[index];
-    painted[segment ? segment.label : 'index ' + index] = count;
-  }
-  return painted;
-}"""
-
-
-def browser_or_fail():
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail("the playwright Python package is missing: run scripts/setup.sh")
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.fail(f"Chromium is not installed at {CHROMIUM}: run scripts/setup.sh (Debian package chromium)")
-    return sync_playwright
-
-
-def viewport_pixels(page) -> np.ndarray:
-    import io
-
-    from PIL import Image
-
-    box = page.locator('[data-cy="viewport-pane"]').first.bounding_box()
-    shot = page.screenshot(clip=box)
-    return np.asarray(Image.open(io.BytesIO(shot)).convert("RGB"), dtype=np.int16)
 
 
 def nrrd_labels(data: bytes, tmp_path) -> np.ndarray:
