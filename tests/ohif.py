@@ -99,6 +99,15 @@ def connect_panel(page):
     return page.locator(".monaiLabelPanel")
 
 
+def nrrd_labels(data: bytes, tmp_path) -> np.ndarray:
+    """The label values of an /infer answer's NRRD (what the panel asks for)."""
+    import nrrd
+
+    path = tmp_path / "ohif_result.nrrd"
+    path.write_bytes(data)
+    return np.unique(nrrd.read(str(path))[0])
+
+
 def viewport_pixels(page) -> np.ndarray:
     from PIL import Image
 

@@ -1,7 +1,7 @@
 """OHIF at /ohif/ in headless Chromium with accounts on: the browser is sent to the login page, signs
 in (a session cookie), lists the study of the PACS (Orthanc) through the proxy, opens it in the
-MONAI Label mode; the panel places a VISTA3D click with OHIF's point tool on ``vista3d_point`` and
-runs ``wholebody``, and the segments are painted. Screenshots go to ``out/e2e/``."""
+MONAI Label mode; the panel places a VISTA3D click with OHIF's point tool on ``vista3d_point`` and the
+clicked structure is painted. (``wholebody`` in OHIF: test_ohif_session.py.) Screenshots go to ``out/e2e/``."""
 
 from __future__ import annotations
 
@@ -9,23 +9,14 @@ import json
 import re
 import time
 
-import numpy as np
 import pytest
 import requests
 from accounts import AccountsServer, add_user
-from ohif import CHROMIUM, CHROMIUM_ARGS, OUTPUT, PAINTED_SEGMENTS, browser_or_fail, viewport_pixels
+from ohif import CHROMIUM, CHROMIUM_ARGS, OUTPUT, PAINTED_SEGMENTS, browser_or_fail, nrrd_labels
 
 from conftest import PACS_SERIES, free_port
 
 pytestmark = pytest.mark.e2e
-
-
-def nrrd_labels(data: bytes, tmp_path) -> np.ndarray:
-    import nrrd
-
-    path = tmp_path / "ohif_result.nrrd"
-    path.write_bytes(data)
-    return np.unique(nrrd.read(str(path))[0])
 
 
 USER, PASSWORD = "radiologist", "radiologist-password"
@@ -63,12 +54,10 @@ def infer_params(request) -> dict:
     return json.loads(found.group(1))
 
 
-def test_ohif_with_accounts_vista3d_click_and_wholebody(server, orthanc, tmp_path):
+def test_ohif_with_accounts_and_a_vista3d_click(server, orthanc, tmp_path):
     sync_playwright = browser_or_fail()
     OUTPUT.mkdir(parents=True, exist_ok=True)
     token = requests.post(f"{server.url}/auth/token", data={"username": USER, "password": PASSWORD}, timeout=60).json()["access_token"]
-    info = requests.get(f"{server.url}/info/", headers={"Authorization": f"Bearer {token}"}, timeout=60).json()
-    names = {int(v): k for k, v in info["models"]["wholebody"]["labels"].items()}
 
     failures = []
     with sync_playwright() as p:
@@ -125,13 +114,11 @@ def test_ohif_with_accounts_vista3d_click_and_wholebody(server, orthanc, tmp_pat
             page.locator("#monailabelServerURL").wait_for(timeout=60_000)
             with page.expect_response(lambda r: r.url.endswith("/info/"), timeout=60_000):
                 page.locator("button.actionButton").first.click()
-            run = page.get_by_title("Run Segmentation", exact=True)
-            run.wait_for(timeout=60_000)
+            page.get_by_title("Run Segmentation", exact=True).wait_for(timeout=60_000)
             panel = page.locator(".monaiLabelPanel")
             panel_text = panel.inner_text()
             assert "wholebody" in panel_text and "vista3d" in panel_text, panel_text[:2000]
             page.wait_for_timeout(2000)  # the panel adds the segmentation to the viewport
-            before = viewport_pixels(page)
 
             # 4. A VISTA3D click: the Point Prompts tab, a segment, OHIF's point tool on the viewport, Run.
             point_tab = panel.locator("div.tab", has=page.locator("label.tab-label", has_text="Point Prompts"))
@@ -153,35 +140,7 @@ def test_ohif_with_accounts_vista3d_click_and_wholebody(server, orthanc, tmp_pat
             painted = page.evaluate(PAINTED_SEGMENTS)
             assert set(click_values) == {0, 1}, click_values  # the clicked structure, as a new one (value 1)
             assert set(painted) == {CLICKED_SEGMENT} and painted[CLICKED_SEGMENT] > 0, painted
-            panel.locator("label.tab-label", has_text="Auto-Segmentation").click()
-
-            # 5. Run wholebody from the panel: its answer replaces the click's.
-            started = time.time()
-            with page.expect_response(lambda r: "/infer/wholebody" in r.url, timeout=600_000) as answer:
-                run.click()
-            assert answer.value.status == 200, answer.value.text()[:1000]
-            result_values = nrrd_labels(answer.value.body(), tmp_path)
-            page.get_by_text("Running Segmentation - Successful").first.wait_for(timeout=60_000)
-            infer_seconds = time.time() - started
-            page.wait_for_timeout(3000)
-            after = viewport_pixels(page)
-            page.screenshot(path=str(OUTPUT / "ohif_wholebody.png"))
-
-            # The segments painted in OHIF are those of the result, under the model's names ...
-            painted = page.evaluate(PAINTED_SEGMENTS)
-            expected = {names[int(v)] for v in result_values if v}
-            assert len(expected) > 5, expected
-            assert set(painted) == expected, (sorted(painted), sorted(expected))
-            # ... listed in the panel by name (its segment table, opened as a user would) ...
-            panel.locator("label.tab-label", has_text="Class Prompts").click()
-            page.get_by_text("Selected Organ(s)").first.wait_for(timeout=30_000)
-            unlisted = [name for name in painted if not panel.get_by_text(name, exact=True).filter(visible=True).count()]
-            assert not unlisted, unlisted
-            page.screenshot(path=str(OUTPUT / "ohif_wholebody_segments.png"))
-            # ... and drawn over the CT in the viewport.
-            changed = np.abs(after - before).sum(axis=2) > 30
-            assert changed.mean() > 0.05, f"only {changed.mean():.1%} of the viewport changed"
-            print(f"OHIF: {len(painted)} segments painted, inference {infer_seconds:.0f} s; screenshots in {OUTPUT}")
+            print(f"OHIF: VISTA3D click painted {painted[CLICKED_SEGMENT]} voxels; screenshots in {OUTPUT}")
         finally:
             browser.close()
 

@@ -11,11 +11,24 @@ from __future__ import annotations
 import json
 import time
 
+import numpy as np
 import pydicom
 import pytest
 import requests
 from accounts import AccountsServer, add_user
-from ohif import CHROMIUM, CHROMIUM_ARGS, OUTPUT, PAINTED_SEGMENTS, browser_or_fail, connect_panel, offline_context, open_in_monai_label, sign_in
+from ohif import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    OUTPUT,
+    PAINTED_SEGMENTS,
+    browser_or_fail,
+    connect_panel,
+    nrrd_labels,
+    offline_context,
+    open_in_monai_label,
+    sign_in,
+    viewport_pixels,
+)
 
 from conftest import PACS_SERIES, correction_record, free_port, series_uids, wait_for
 
@@ -91,6 +104,8 @@ def test_an_annotator_corrects_saves_and_gets_the_next_study_and_the_admin_train
     OUTPUT.mkdir(parents=True, exist_ok=True)
     (first_study,) = [s for s in server.studies if s != server.second_study]
     image = server.studies[first_study]
+    info = requests.get(f"{server.url}/info/", headers=bearer(server, ANNOTATOR), timeout=60).json()
+    names = {int(v): k for k, v in info["models"]["wholebody"]["labels"].items()}
     failures = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
@@ -102,7 +117,9 @@ def test_an_annotator_corrects_saves_and_gets_the_next_study_and_the_admin_train
             # 1. The annotator signs in, opens the study and runs wholebody.
             sign_in(page, server.url, *ANNOTATOR)
             open_in_monai_label(page, "Example, CT")
-            connect_panel(page)
+            panel = connect_panel(page)
+            page.wait_for_timeout(2000)  # the panel adds the segmentation to the viewport
+            before = viewport_pixels(page)
             with page.expect_response(lambda r: "/infer/wholebody" in r.url, timeout=TIMEOUT * 1000) as answer:
                 page.get_by_title("Run Segmentation", exact=True).click()
             assert answer.value.status == 200, answer.value.text()[:1000]
@@ -110,6 +127,16 @@ def test_an_annotator_corrects_saves_and_gets_the_next_study_and_the_admin_train
             page.wait_for_timeout(2000)
             served = page.evaluate(PAINTED_SEGMENTS)
             page.screenshot(path=str(OUTPUT / "ohif_session_1_wholebody.png"))
+            # The segments painted are those of the result, under the model's names, drawn over the CT ...
+            expected = {names[int(v)] for v in nrrd_labels(answer.value.body(), tmp_path) if v}
+            assert len(expected) > 5 and set(served) == expected, (sorted(served), sorted(expected))
+            drawn = np.abs(viewport_pixels(page) - before).sum(axis=2) > 30
+            assert drawn.mean() > 0.05, f"only {drawn.mean():.1%} of the viewport changed"
+            # ... and listed by name in the panel's segment table, opened as a user would.
+            panel.locator("label.tab-label", has_text="Class Prompts").click()
+            page.get_by_text("Selected Organ(s)").first.wait_for(timeout=30_000)
+            unlisted = [name for name in served if not panel.get_by_text(name, exact=True).filter(visible=True).count()]
+            assert not unlisted, unlisted
 
             # 2. OHIF's own tools: a brush stroke into the liver, then the eraser across other structures.
             page.locator('[data-cy="panelSegmentationWithTools-btn"]').click()
