@@ -24,17 +24,18 @@ CHROMIUM_ARGS = [
 ]
 OUTPUT = ROOT / "out" / "e2e"
 
-# {segment name: voxels} of the segmentation the MONAI Label panel fills (id '1').
+# {segment name: voxels} over every segmentation OHIF holds: the one the MONAI Label panel fills (id '1') and a
+# stored SEG loaded for editing.
 PAINTED_SEGMENTS = """() => {
-  const segmentation = services.segmentationService.getSegmentations().find(s => s.segmentationId === '1');
-  const volume = services.segmentationService.getLabelmapVolume('1');
-  const data = volume.voxelManager.getCompleteScalarDataArray();
-  const counts = {};
-  for (let i = 0; i < data.length; i++) { if (data[i]) counts[data[i]] = (counts[data[i]] || 0) + 1; }
   const painted = {};
-  for (const [index, count] of Object.entries(counts)) {
-    const segment = segmentation.segments[index];
-    painted[segment ? segment.label : 'index ' + index] = count;
+  for (const segmentation of services.segmentationService.getSegmentations()) {
+    const data = services.segmentationService.getLabelmapVolume(segmentation.segmentationId).voxelManager.getCompleteScalarDataArray();
+    const counts = {};
+    for (let i = 0; i < data.length; i++) { if (data[i]) counts[data[i]] = (counts[data[i]] || 0) + 1; }
+    for (const [index, count] of Object.entries(counts)) {
+      const segment = segmentation.segments[index];
+      painted[segment ? segment.label : 'index ' + index] = count;
+    }
   }
   return painted;
 }"""

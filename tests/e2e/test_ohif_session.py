@@ -234,18 +234,6 @@ def test_an_annotator_corrects_saves_and_gets_the_next_study_and_the_admin_train
     assert trained and image in trained[-1]["studies"], versions
 
 
-LOADED_SEGMENTS = """() => {
-  const counts = {};
-  for (const segmentation of services.segmentationService.getSegmentations()) {
-    const data = services.segmentationService.getLabelmapVolume(segmentation.segmentationId).voxelManager.getCompleteScalarDataArray();
-    const voxels = {};
-    for (let i = 0; i < data.length; i++) { if (data[i]) voxels[data[i]] = (voxels[data[i]] || 0) + 1; }
-    for (const [index, count] of Object.entries(voxels)) counts[segmentation.segments[index].label] = count;
-  }
-  return counts;
-}"""
-
-
 def test_a_stored_seg_opens_with_its_segments_named_and_can_be_corrected(session_server, orthanc, tmp_path):
     """A final label saved on another workstation (a SEG the server's writer made, in the PACS): the annotator
     opens it in OHIF, sees every structure painted under its name, and corrects it with the brush."""
@@ -268,8 +256,8 @@ def test_a_stored_seg_opens_with_its_segments_named_and_can_be_corrected(session
             page.locator('[data-cy="studyBrowser-panel"]').get_by_text("SEG", exact=True).dblclick()
             # Shown as a preview; LOAD puts it on the CT as a segmentation the tools edit.
             page.get_by_text("LOAD", exact=True).first.click()
-            loaded = wait_for(lambda: page.evaluate(LOADED_SEGMENTS) == expected, timeout=120)
-            assert loaded, changed(expected, page.evaluate(LOADED_SEGMENTS))
+            loaded = wait_for(lambda: page.evaluate(PAINTED_SEGMENTS) == expected, timeout=120)
+            assert loaded, changed(expected, page.evaluate(PAINTED_SEGMENTS))
             page.locator('[data-cy="panelSegmentationWithTools-btn"]').click()
             page.wait_for_timeout(1000)
             page.screenshot(path=str(OUTPUT / "ohif_stored_seg.png"))
@@ -279,7 +267,7 @@ def test_a_stored_seg_opens_with_its_segments_named_and_can_be_corrected(session
             # The correction starts from the stored label: the brush paints into it.
             page.get_by_text(sorted(expected)[0], exact=True).first.click()
             drag(page, "Brush", (0.35, 0.5), (0.5, 0.51))
-            painted = changed(expected, page.evaluate(LOADED_SEGMENTS))
+            painted = changed(expected, page.evaluate(PAINTED_SEGMENTS))
             assert painted.get(sorted(expected)[0], 0) > 0, painted
         finally:
             browser.close()
