@@ -241,6 +241,10 @@ def test_a_stored_seg_opens_with_its_segments_named_and_can_be_corrected(session
     from lib.pacs.seg import write_seg
 
     server = session_server
+    # The app's OHIF configuration, to signed-in users only.
+    assert requests.get(f"{server.url}/ohif/app-config.js", timeout=60).status_code == 401
+    config = requests.get(f"{server.url}/ohif/app-config.js", headers=bearer(server, ANNOTATOR), timeout=60)
+    assert config.status_code == 200 and "panelSegmentationWithTools" in config.text
     files, _, frames, names = shared_series_with_label()
     write_seg(files, frames, names, str(tmp_path / "final.dcm"))
     pacs_client(orthanc).store_instances([pydicom.dcmread(tmp_path / "final.dcm")])

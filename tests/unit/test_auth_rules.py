@@ -97,6 +97,8 @@ def test_checker_sees_routes():
         ("GET", "/ohif/assets/x/y.js", USER),
         ("GET", "/proxy/dicom/wado/studies/1.2/series/3/frames/1", USER),
         ("POST", "/proxy/dicom/stow/studies", ANNOTATOR),
+        ("POST", "/proxy/dicom/wado/studies", ANNOTATOR),  # OHIF 3.10's Export DICOM SEG (STOW-RS)
+        ("GET", "/ohif/app-config.js", USER),
         ("HEAD", "/datastore/image", USER),
         ("PUT", "/datastore/label", ANNOTATOR),
         ("DELETE", "/datastore/label", REVIEWER),
