@@ -1,5 +1,9 @@
 """Simulated annotation study: which next-sample strategy teaches the model most per labelled study?
 
+Two modes. ``--mode cold-start`` (the default, below): a model trained from random weights on the first
+label. ``--mode shifted``: a pretrained model adapting to a new site, with correction cost as the budget
+(bench/active_learning_shifted.py, its own options).
+
 A pool of studies whose labels are known but hidden (phantoms from ``lib.phantom`` of varied
 anatomy, contrast and field of view, and the shared real CT with its TotalSegmentator labels
 mapped to the bundle's channels by name), a held-out set drawn like the pool, and for each
@@ -361,7 +365,14 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    modes = argparse.ArgumentParser(add_help=False)
+    modes.add_argument("--mode", choices=("cold-start", "shifted"), default="cold-start")
+    mode, rest = modes.parse_known_args()
+    if mode.mode == "shifted":
+        import active_learning_shifted
+
+        return active_learning_shifted.main(rest)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], parents=[modes])
     parser.add_argument("--network", choices=sorted(NETWORKS), default="small")
     parser.add_argument("--pixdim", type=float, default=10.0, help="mm; the bundle's lowres model is 3")
     parser.add_argument("--pool", type=int, default=20, help="studies in the pool (the real CT and phantoms)")
@@ -378,7 +389,7 @@ def main() -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
-    args = parser.parse_args()
+    args = parser.parse_args(rest)
     strategies = args.strategies.split(",")
     unknown = set(strategies) - set(STRATEGIES)
     if unknown or "random" not in strategies:

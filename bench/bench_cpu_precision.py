@@ -38,6 +38,8 @@ CT = Path(os.environ.get("WHOLEBODY_BENCH_CT", ROOT.parent / "shared" / "data" /
 BODY_HU = -500.0
 MODES = ("fp32", "fp32+skip", "bf16", "bf16+skip")
 
+from bench_inference import checkpoint_file  # noqa: E402
+
 from lib.acceleration import channels_last, cpu_precision  # noqa: E402  (needs apps/wholebody on sys.path)
 from lib.acceleration.cpu_memory import keep_freed_memory  # noqa: E402
 from lib.networks import wholebody_segresnet  # noqa: E402
@@ -46,11 +48,11 @@ from lib.transforms.body_mask import BODY_MASK_KEY, BodyMaskd  # noqa: E402
 from lib.weights.checkpoints import load_state_dict  # noqa: E402
 
 
-def load_network(checkpoint: str | None) -> torch.nn.Module:
+def load_network(checkpoint: str | None, highres: bool) -> torch.nn.Module:
     torch.manual_seed(0)
     network = wholebody_segresnet()
     if checkpoint:
-        network.load_state_dict(load_state_dict(checkpoint, map_location="cpu"), strict=True)
+        network.load_state_dict(load_state_dict(checkpoint_file(checkpoint, highres), map_location="cpu"), strict=True)
     else:
         print("no --checkpoint: seeded random weights, agreement figures say nothing about a trained model")
     return network.eval()
@@ -153,7 +155,7 @@ def window_timing(network: torch.nn.Module, x: torch.Tensor, body: torch.Tensor,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", help="a wholebody state_dict (the confident checkpoint)")
+    parser.add_argument("--checkpoint", help="a wholebody state_dict, or the confident checkpoint's folder (one per resolution)")
     parser.add_argument("--image", default=str(CT))
     parser.add_argument("--res", choices=("lowres", "highres"), default="highres")
     parser.add_argument("--crop", help="x0:x1,y0:y1,z0:z1 of the image (voxels) for a small run")
@@ -167,7 +169,7 @@ def main() -> None:
     keep_freed_memory()  # as the infer tasks run
 
     print(f"bfloat16 units: {cpu_precision.bf16_units()}, torch threads: {torch.get_num_threads()}")
-    network = load_network(args.checkpoint)
+    network = load_network(args.checkpoint, args.res == "highres")
     if args.window:
         x, body = centre_window(preprocess(str(CT), args.res == "highres"), args.window)
         result = {"window": args.window, "res": args.res, "checkpoint": args.checkpoint, **window_timing(network, x, body, args.repeats)}

@@ -111,13 +111,22 @@ def build_inputs(tmp: Path, z_lengths: list[int], full_size: bool, source: Path 
     return cases
 
 
+def checkpoint_file(checkpoint: str, highres: bool) -> str:
+    """``checkpoint``: one state dict for both resolutions, or a folder in the bundle's layout (``models/model.pt``
+    at 1.5 mm, ``models/model_lowres.pt`` at 3 mm), as bench/confident_checkpoint.py makes it."""
+    if Path(checkpoint).is_dir():
+        return str(Path(checkpoint, "models", "model.pt" if highres else "model_lowres.pt"))
+    return checkpoint
+
+
 def write_checkpoints(model_dir: Path, checkpoint: str | None = None) -> None:
-    """``checkpoint`` (a state dict) for both resolutions, else seeded random weights: the same in every run."""
+    """``checkpoint`` (see checkpoint_file) for each resolution, else seeded random weights: the same in every run."""
     torch.manual_seed(0)
-    state = torch.load(checkpoint, map_location="cpu") if checkpoint else wholebody_segresnet().state_dict()
     folder = model_dir / "wholeBody_ct_segmentation" / "models"  # the official bundle layout the app looks in
     folder.mkdir(parents=True, exist_ok=True)
-    for name in ("model.pt", "model_lowres.pt"):
+    random = None if checkpoint else wholebody_segresnet().state_dict()
+    for name, highres in (("model.pt", True), ("model_lowres.pt", False)):
+        state = torch.load(checkpoint_file(checkpoint, highres), map_location="cpu") if checkpoint else random
         torch.save(state, folder / name)
 
 
@@ -369,7 +378,7 @@ def main() -> None:
     p.add_argument("--skip-reference", action="store_true")
     p.add_argument("--ours", choices=["task", "pipeline"], default="task",
                    help="task: the MONAI Label infer task end to end; pipeline: lib.pipelines.wholebody without the server stack")
-    p.add_argument("--checkpoint", help="a wholebody state dict for both pipelines (bench/confident_checkpoint.py); default seeded random weights")
+    p.add_argument("--checkpoint", help="a wholebody state dict for both pipelines, or a folder with one per resolution (bench/confident_checkpoint.py); default seeded random weights")
     p.add_argument("--modes", default="fp32", help="comma list of ours' CPU modes: fp32, bf16, fp32+skip, bf16+skip (skip_air)")
     p.add_argument("--repeat", type=int, default=1, help="runs per subprocess (later ones warm); the median is reported")
     p.add_argument("--out", default=None, help="JSON results (default bench/results/inference-<host>-<device>.json)")

@@ -5,16 +5,23 @@ Random weights make near-tied logits everywhere, so "bf16 labels agree with fp32
 A trained model's logits are far apart inside its structures and close only at their borders, which is what a
 precision change meets in practice. This trains the served architecture on the shared CT's TotalSegmentator v2
 labels (mapped by name to the bundle's 104 channels, others background) and on the full-size case made from it
-(the same anatomy in air, normalised differently), each preprocessed by the served pipeline at 3 mm and at
-1.5 mm: one checkpoint that the bench serves for both resolutions. A step takes the whole volume where it fits
-in 96x96x48, else such a crop, mostly around labelled voxels.
+(the same anatomy in air, so normalised differently), each preprocessed by the served pipeline. Like the bundle,
+it makes one network per resolution, in the bundle's layout (``models/model_lowres.pt`` at 3 mm, ``models/model.pt``
+at 1.5 mm), which ``bench_inference.py --checkpoint`` and ``bench_cpu_precision.py --checkpoint`` read.
 
-What was tried on two cores: DiceCE over all 105 channels from random weights collapsed to background
-(recipes 1 and 2: no structure after 450 steps); cross-entropy weighted by inverse square-root frequency plus
-Dice over the structures present, no dropout, AdamW 3e-3 is recipe 3 (not yet run to the end: untested whether it gets there). It prints the training Dice per structure
-at the end: the labels are a model's prediction, so these say "the network is confident here", not accuracy.
+Recipe 4, what learns on two cores: plain cross-entropy plus soft Dice over the structures in the step's labels,
+Adam at a constant 1e-3, no dropout, bfloat16 autocast. The 3 mm network trains from random weights on the shared
+CT's whole volume and on crops of that size from the full-size case; the 1.5 mm network starts from it and trains
+on crops of both at 1.5 mm. Recipes that did not learn: DiceCE over all 105 channels (1 and 2: background
+everywhere after 450 steps) and cross-entropy weighted by inverse square-root frequency with AdamW 3e-3 one-cycle
+on 96x96x48 crops (3: median training Dice 0 at step 575). A probe of recipe 4's loss on the whole shared CT
+at 3 mm reached median training Dice 0.64 at step 400 and 0.97 at step 720. A run saves its state every
+``--save-every`` steps and resumes from it when started again with the same settings.
 
-    $V/bin/python bench/confident_checkpoint.py            # trains once (about an hour on 2 cores), prints the path
+It prints the training Dice per structure at the end (sliding windows, as served): the labels are a model's
+prediction, so these say "the network is confident here", not accuracy.
+
+    $V/bin/python bench/confident_checkpoint.py            # trains once (about 80 minutes on 2 cores), prints the folder
     $V/bin/python bench/bench_inference.py --checkpoint "$($V/bin/python bench/confident_checkpoint.py --path)" ...
 """
 
@@ -38,8 +45,11 @@ sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "apps" / "wholebody")]
 SHARED = ROOT.parent / "shared" / "data"
 SEG = SHARED / "ct" / "example_ct_sm_totalseg_v2.nii.gz"
 CACHE = Path(os.environ.get("WHOLEBODY_CACHE", Path.home() / ".cache" / "wholebody")) / "confident"
-CROP = (96, 96, 48)  # multiples of 8: ~3 s a step on 2 cores (128x128x64: ~7 s), more steps learn more
-RECIPE = 3  # bump when the training data or loop changes: the cache then trains a new checkpoint
+RECIPE = 4  # bump when the training data or loop changes: the cache then trains a new checkpoint
+# Per resolution (highres?): the bundle's file name, and the crop a step takes (multiples of 8). At 3 mm it holds
+# the shared CT's whole volume (~3 s a step on 2 cores); at 1.5 mm a quarter of it in-plane (~7 s a step).
+FILES = {False: "model_lowres.pt", True: "model.pt"}
+CROP = {False: (128, 112, 32), True: (128, 128, 64)}
 
 import bench_inference  # noqa: E402  (needs bench/ on sys.path)
 
@@ -49,10 +59,10 @@ from lib.networks import wholebody_segresnet  # noqa: E402
 from lib.pipelines import wholebody as pipeline  # noqa: E402
 
 
-def cache_path(args) -> Path:
-    """Keyed by the recipe and its settings."""
-    key = hashlib.sha256(json.dumps([RECIPE, args.steps, args.seed, args.lr]).encode()).hexdigest()[:12]
-    return CACHE / f"wholebody-{key}.pt"
+def cache_folder(args) -> Path:
+    """Keyed by the recipe and its settings; the bundle's layout inside."""
+    key = hashlib.sha256(json.dumps([RECIPE, args.steps, args.highres_steps, args.seed, args.lr]).encode()).hexdigest()[:12]
+    return CACHE / f"wholebody-{key}"
 
 
 def to_channels(label: np.ndarray) -> np.ndarray:
@@ -65,61 +75,47 @@ def to_channels(label: np.ndarray) -> np.ndarray:
     return lut[label]
 
 
-def training_volumes(tmp: Path) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
-    """(name, network input (1, X, Y, Z), label (X, Y, Z)): the shared CT and the full-size case made from it,
-    at 3 mm and at 1.5 mm. The z-mirrored cases hold the same anatomy and statistics as the CT itself."""
+def training_volumes(tmp: Path, highres: bool) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """(name, network input (1, X, Y, Z), label (X, Y, Z)) at the resolution: the shared CT and the full-size
+    case made from it (its z-mirrored cases hold the same anatomy and statistics as the CT itself)."""
     images = bench_inference.build_inputs(tmp, [], full_size=True)
     labels = bench_inference.build_inputs(tmp, [], full_size=True, source=SEG, label=True)
     volumes = []
-    for highres in (False, True):
-        for image, label in zip(images, labels):
-            data = Compose(pipeline.preprocessing(pipeline.PIXDIM[highres], "cpu", label_key="label"))(
-                {"image": image["image"], "label": label["image"]}
-            )
-            target = to_channels(np.asarray(data["label"][0]).round().astype(np.int64))
-            case = f"{image['case']}@{pipeline.PIXDIM[highres][0]:g}mm"
-            volumes.append((case, torch.as_tensor(data["image"]).float(), torch.as_tensor(target)))
-            print(f"  {case}: {tuple(target.shape)}, {len(np.unique(target)) - 1} structures", flush=True)
+    for image, label in zip(images, labels):
+        data = Compose(pipeline.preprocessing(pipeline.PIXDIM[highres], "cpu", label_key="label"))(
+            {"image": image["image"], "label": label["image"]}
+        )
+        target = to_channels(np.asarray(data["label"][0]).round().astype(np.int64))
+        case = f"{image['case']}@{pipeline.PIXDIM[highres][0]:g}mm"
+        volumes.append((case, torch.as_tensor(data["image"]).float(), torch.as_tensor(target)))
+        print(f"  {case}: {tuple(target.shape)}, {len(np.unique(target)) - 1} structures", flush=True)
     return volumes
 
 
-class WeightedCEPresentDice(torch.nn.Module):
-    """Cross-entropy weighted by inverse square-root class frequency (background floored) plus soft Dice over the
-    structures present in the training labels only: 105 channels of plain DiceCE from random weights settle on
-    background, the rare structures' gradients drowned by the air and the absent channels."""
-
-    def __init__(self, volumes, background_weight: float = 0.05):
-        super().__init__()
-        counts = sum(torch.bincount(label.flatten(), minlength=105).double() for _, _, label in volumes)
-        present = counts > 0
-        weight = torch.zeros(105, dtype=torch.float64)
-        weight[present] = (counts[present].sum() / counts[present]).sqrt()
-        weight = weight / weight[present].mean()
-        weight[0] = max(float(weight[0]), background_weight)
-        self.ce = torch.nn.CrossEntropyLoss(weight=weight.float())
-        self.present = torch.nonzero(present[1:]).flatten() + 1
-
-    def forward(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-        probs = logits.softmax(1)[:, self.present]
-        onehot = torch.stack([label == c for c in self.present.tolist()], 1).float()
-        dims = (0, 2, 3, 4)
-        dice = (2 * (probs * onehot).sum(dims) + 1) / (probs.sum(dims) + onehot.sum(dims) + 1)
-        return self.ce(logits, label) + 1 - dice.mean()
+def present_dice_ce(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy plus soft Dice over the structures in these labels only: Dice over all 105 channels from
+    random weights settles on background, the absent channels' perfect scores drowning the present ones."""
+    present = [c for c in torch.unique(label).tolist() if c]
+    probs = logits.softmax(1)[:, present]
+    onehot = torch.stack([label == c for c in present], 1).float()
+    dims = (0, 2, 3, 4)
+    dice = (2 * (probs * onehot).sum(dims) + 1) / (probs.sum(dims) + onehot.sum(dims) + 1)
+    return torch.nn.functional.cross_entropy(logits, label) + 1 - dice.mean()
 
 
 def padded_to_eight(image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Zero-padded (as MONAI's sliding window pads) to sizes the network's three down-samplings divide."""
+    """Padded (the image with its own minimum, air) to sizes the network's three down-samplings divide."""
     pad = []
     for size in reversed(label.shape):
         extra = -size % 8
         pad += [extra // 2, extra - extra // 2]
-    return torch.nn.functional.pad(image, pad), torch.nn.functional.pad(label, pad)
+    return torch.nn.functional.pad(image, pad, value=float(image.min())), torch.nn.functional.pad(label, pad)
 
 
-def random_crop(image: torch.Tensor, label: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """The whole volume where it fits in CROP, else a CROP around a labelled voxel (4 in 5 draws) or anywhere.
-    Whole volumes make the most of a step on two cores: every labelled voxel, no padding."""
-    size = [min(c, s) for c, s in zip(CROP, label.shape)]
+def random_crop(image, label, crop, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The whole volume where it fits in ``crop``, else a crop around a labelled voxel (4 in 5 draws) or anywhere
+    (air and table, which the sliding windows of the full-size case meet too)."""
+    size = [min(c, s) for c, s in zip(crop, label.shape)]
     labelled = torch.nonzero(label) if rng.random() < 0.8 else None
     if labelled is not None and len(labelled):
         centre = labelled[rng.integers(len(labelled))].tolist()
@@ -130,31 +126,41 @@ def random_crop(image: torch.Tensor, label: torch.Tensor, rng: np.random.Generat
     return image[(slice(None), *window)], label[window]
 
 
-def train(volumes, steps: int, seed: int, lr: float, checkpoints: str | None = None) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    network = wholebody_segresnet().to(memory_format=torch.channels_last_3d).train()
+def new_network() -> torch.nn.Module:
+    network = wholebody_segresnet()
     for module in network.modules():  # the served dropout (0.2) only slows memorising the bench's own inputs
         if isinstance(module, torch.nn.Dropout3d):
             module.p = 0.0
-    optimizer = torch.optim.AdamW(network.parameters(), lr=lr, weight_decay=1e-5)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.05)
-    loss_fn = WeightedCEPresentDice(volumes)
+    return network
+
+
+def train(network: torch.nn.Module, volumes, crop, steps: int, seed: int, lr: float, state_file: Path, save_every: int) -> torch.nn.Module:
+    """Adam at a constant ``lr`` on random crops; resumes from ``state_file`` (saved every ``save_every`` steps)."""
+    network = network.to(memory_format=torch.channels_last_3d).train()
+    optimizer = torch.optim.Adam(network.parameters(), lr=lr)
+    first = 1
+    if state_file.exists():
+        state = torch.load(state_file, map_location="cpu")
+        network.load_state_dict(state["network"])
+        optimizer.load_state_dict(state["optimizer"])
+        first = state["step"] + 1
+        print(f"  resumed at step {first} from {state_file}", flush=True)
+    rng = np.random.default_rng([seed, first])
+    torch.manual_seed(seed + first)
     volumes = [(name, *padded_to_eight(image, label)) for name, image, label in volumes]
     # bf16 autocast where the CPU has the units: about 3x faster steps; the weights stay float32.
     autocast = cpu_precision.bf16_units()
     start = time.perf_counter()
-    for step in range(1, steps + 1):
+    for step in range(first, steps + 1):
         name, image, label = volumes[rng.integers(len(volumes))]
-        x, y = random_crop(image, label, rng)
+        x, y = random_crop(image, label, crop, rng)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             logits = network(x[None].contiguous(memory_format=torch.channels_last_3d))
         # The loss on channels-last logits is ~3x slower than on contiguous ones (softmax over the channels).
-        loss = loss_fn(logits.float().contiguous(), y[None])
+        loss = present_dice_ce(logits.float().contiguous(), y[None])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        schedule.step()
         if step % 25 == 0 or step == steps:
             with torch.no_grad():
                 got = logits.argmax(1)[0]
@@ -162,8 +168,8 @@ def train(volumes, steps: int, seed: int, lr: float, checkpoints: str | None = N
                         for c in torch.unique(y).tolist() if c]
             print(f"  step {step}/{steps}: loss {loss.item():.3f}, {name}: median Dice {np.median(dice):.3f}, lowest {min(dice):.3f}, "
                   f"{time.perf_counter() - start:.0f} s", flush=True)
-        if checkpoints and step % 200 == 0 and step < steps:  # something to judge with if the run is cut short
-            torch.save(network.state_dict(), f"{checkpoints}.step{step}")
+        if step % save_every == 0 and step < steps:  # a run cut short resumes here
+            torch.save({"network": network.state_dict(), "optimizer": optimizer.state_dict(), "step": step}, state_file)
     return network.to(memory_format=torch.contiguous_format).eval()
 
 
@@ -187,33 +193,48 @@ def training_dice(network: torch.nn.Module, volumes, min_voxels: int = 100) -> d
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=800)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--path", action="store_true", help="print the cached checkpoint's path (fails if not made)")
-    args = parser.parse_args()
-    path = cache_path(args)
-    if args.path:
-        if not path.exists():
-            sys.exit(f"not made yet: run {Path(__file__).name} with the same settings first")
-        print(path)
-        return
+def make(folder: Path, highres: bool, steps: int, args) -> None:
+    """One resolution's network: 3 mm from random weights, 1.5 mm from the 3 mm network."""
+    models = folder / "models"
+    path = models / FILES[highres]
     if path.exists():
         print(f"cached: {path}")
         return
-    print(f"bfloat16 units: {cpu_precision.bf16_units()}, torch threads: {torch.get_num_threads()}")
+    models.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    network = new_network()
+    if highres:
+        network.load_state_dict(torch.load(models / FILES[False], map_location="cpu"))
+    print(f"{pipeline.PIXDIM[highres][0]:g} mm network: {steps} steps", flush=True)
     with tempfile.TemporaryDirectory(prefix="confident-") as tmp:
-        volumes = training_volumes(Path(tmp))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    network = train(volumes, args.steps, args.seed, args.lr, str(path))
+        volumes = training_volumes(Path(tmp), highres)
+    network = train(network, volumes, CROP[highres], steps, args.seed, args.lr, path.with_suffix(".state"), args.save_every)
     dice = training_dice(network, volumes)
-    path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(network.state_dict(), path)
-    settings = {"steps": args.steps, "seed": args.seed, "lr": args.lr, "recipe": RECIPE}
+    path.with_suffix(".state").unlink(missing_ok=True)
+    settings = {"steps": steps, "seed": args.seed, "lr": args.lr, "recipe": RECIPE, "crop": CROP[highres]}
     path.with_suffix(".json").write_text(json.dumps({**settings, "training_dice": dice}, indent=1))
-    print(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=900, help="steps of the 3 mm network")
+    parser.add_argument("--highres-steps", type=int, default=300, help="steps of the 1.5 mm network, after the 3 mm one")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--save-every", type=int, default=50, help="steps between saved states to resume from")
+    parser.add_argument("--path", action="store_true", help="print the cached checkpoint's folder (fails if not made)")
+    args = parser.parse_args()
+    folder = cache_folder(args)
+    if args.path:
+        if not all((folder / "models" / name).exists() for name in FILES.values()):
+            sys.exit(f"not made yet: run {Path(__file__).name} with the same settings first")
+        print(folder)
+        return
+    print(f"bfloat16 units: {cpu_precision.bf16_units()}, torch threads: {torch.get_num_threads()}")
+    make(folder, False, args.steps, args)
+    make(folder, True, args.highres_steps, args)
+    print(folder)
 
 
 if __name__ == "__main__":
