@@ -54,7 +54,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "apps" / "wholebody")]
 
-from bench_active_learning import padded, small_segresnet, write_csv  # noqa: E402
+from bench_active_learning import padded, shared_options, small_segresnet, write_csv  # noqa: E402
 from confident_checkpoint import present_dice_ce  # noqa: E402
 from shifted_studies import SUBGROUPS, Study, source_studies, target_studies  # noqa: E402
 
@@ -376,7 +376,7 @@ def plot(rows: list[dict], table: list[dict], path: Path, title: str) -> None:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="bench_active_learning.py --mode shifted", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="bench_active_learning.py --mode shifted", description=__doc__.splitlines()[0], parents=[shared_options()])
     parser.add_argument("--pixdim", type=float, default=6.0, help="mm")
     parser.add_argument("--sources", type=int, default=24, help="source studies the source model trains on")
     parser.add_argument("--source-steps", type=int, default=3000, help="at most this many steps for the source model")
@@ -387,13 +387,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--budget", type=float, default=2.0, help="a round's budget: this many times the median pool study's cost under the source model")
     parser.add_argument("--steps", type=int, default=40, help="fine-tuning steps after each round")
     parser.add_argument("--lr", type=float, default=3e-4)
-    parser.add_argument("--mc-samples", type=int, default=4)
-    parser.add_argument("--gumbel", type=float, default=1.0, help="class_entropy noise scale with one labelled study (al_gumbel_scale)")
-    parser.add_argument("--diversity-studies", type=int, default=3, help="diversity_then_class_entropy: diversity below this many labelled")
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args(argv)
     strategies = args.strategies.split(",")
     if set(strategies) - set(STRATEGIES) or BASELINE not in strategies:

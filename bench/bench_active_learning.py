@@ -364,6 +364,18 @@ def write_csv(path: Path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
+def shared_options() -> argparse.ArgumentParser:
+    """The options both modes take: the strategies' settings, where it runs and where it writes."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--mc-samples", type=int, default=4)
+    parser.add_argument("--gumbel", type=float, default=1.0, help="class_entropy noise scale with one labelled study (al_gumbel_scale)")
+    parser.add_argument("--diversity-studies", type=int, default=3, help="diversity_then_class_entropy: diversity below this many labelled")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    return parser
+
+
 def main() -> int:
     modes = argparse.ArgumentParser(add_help=False)
     modes.add_argument("--mode", choices=("cold-start", "shifted"), default="cold-start")
@@ -372,7 +384,7 @@ def main() -> int:
         import active_learning_shifted
 
         return active_learning_shifted.main(rest)
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], parents=[modes])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], parents=[modes, shared_options()])
     parser.add_argument("--network", choices=sorted(NETWORKS), default="small")
     parser.add_argument("--pixdim", type=float, default=10.0, help="mm; the bundle's lowres model is 3")
     parser.add_argument("--pool", type=int, default=20, help="studies in the pool (the real CT and phantoms)")
@@ -382,13 +394,7 @@ def main() -> int:
     parser.add_argument("--warmup-steps", type=int, default=100, help="training steps on the first study")
     parser.add_argument("--steps", type=int, default=30, help="training steps after each new label")
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--mc-samples", type=int, default=4)
-    parser.add_argument("--gumbel", type=float, default=1.0, help="class_entropy noise scale with one labelled study (al_gumbel_scale)")
-    parser.add_argument("--diversity-studies", type=int, default=3, help="diversity_then_class_entropy: diversity below this many labelled")
     parser.add_argument("--strategies", default=",".join(DEFAULT_STRATEGIES))
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args(rest)
     strategies = args.strategies.split(",")
     unknown = set(strategies) - set(STRATEGIES)

@@ -126,6 +126,8 @@ def write_checkpoints(model_dir: Path, checkpoint: str | None = None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     random = None if checkpoint else wholebody_segresnet().state_dict()
     for name, highres in (("model.pt", True), ("model_lowres.pt", False)):
+        if checkpoint and not Path(checkpoint_file(checkpoint, highres)).exists():
+            continue  # a folder with one resolution so far: the runs of the other fail, naming the file
         state = torch.load(checkpoint_file(checkpoint, highres), map_location="cpu") if checkpoint else random
         torch.save(state, folder / name)
 

@@ -21,7 +21,7 @@ at 3 mm reached median training Dice 0.64 at step 400 and 0.97 at step 720. A ru
 It prints the training Dice per structure at the end (sliding windows, as served): the labels are a model's
 prediction, so these say "the network is confident here", not accuracy.
 
-    $V/bin/python bench/confident_checkpoint.py            # trains once (about 80 minutes on 2 cores), prints the folder
+    $V/bin/python bench/confident_checkpoint.py            # trains once (about 90 minutes on 2 cores), prints the folder
     $V/bin/python bench/bench_inference.py --checkpoint "$($V/bin/python bench/confident_checkpoint.py --path)" ...
 """
 

@@ -74,7 +74,7 @@ def test_wholebody_skips_air_windows(tmp_path):
     config = WholeBodySegmentation()
     config.init("wholebody", str(tmp_path / "model"), {"download_weights": "false", "highres": "false"}, None)
     task = config.infer()
-    assert task.info()["cpu_precision"] == "fp32", "the default until measured on a confident checkpoint"
+    assert task.info()["cpu_precision"] == "fp32", "the default chosen from the confident checkpoint's figures (docs/performance.md)"
     image = body_in_a_corner(tmp_path / "ct.nii.gz", (3.0, 3.0, 3.0))
     _, answer = task({"image": image, "device": "cpu", "result_extension": ".nii.gz", "skip_air": True})
     # 96^3 windows, overlap 0.25: x starts 0, 72, 104 (the body in the first only), y 0 and 24, z one
