@@ -29,7 +29,7 @@ fine-tuning on the whole pool (same steps in all), the worst subgroup's final Di
 held-out Dice lost). The rule that decides the default strategy is RULE below, stated in
 docs/active-learning.md before the run.
 
-    $V/bin/python bench/bench_active_learning.py --mode shifted                       # CPU: about 2 hours
+    $V/bin/python bench/bench_active_learning.py --mode shifted                       # CPU: about 2.3 hours
     $V/bin/python bench/bench_active_learning.py --mode shifted --pairs 1 --rounds 1 --steps 2 \\
         --source-steps 20 --source-dice 0 --out /tmp/al                              # the harness, a few minutes
 """
@@ -383,7 +383,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--source-dice", type=float, default=0.7, help="the held-out source Dice the source model must reach")
     parser.add_argument("--source-lr", type=float, default=1e-3)
     parser.add_argument("--pairs", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--budget", type=float, default=2.0, help="a round's budget: this many times the median pool study's cost under the source model")
     parser.add_argument("--steps", type=int, default=40, help="fine-tuning steps after each round")
     parser.add_argument("--lr", type=float, default=3e-4)
