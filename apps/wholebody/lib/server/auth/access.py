@@ -144,20 +144,26 @@ class AccessCheck:
 
         scope.setdefault("state", {})["user"] = username
         context = set_requester(signed)
-        answered = {}
+        answered = {"status": 500, "recorded": 0}  # 500: no answer started, the request failed inside the app
 
-        async def send_noting_status(message):
+        def record() -> None:
+            events = ([rule.audit] if rule.audit else []) + (signed.events if signed else [])
+            for event in events[answered["recorded"] :]:
+                self.audit.record(event, username, address, method=method, path=path, query=dict(request.query_params), status=answered["status"])
+            answered["recorded"] = len(events)
+
+        async def send_recording(message):
+            # Recorded before the answer leaves: a client that has its answer finds the line in the log.
             if message["type"] == "http.response.start":
                 answered["status"] = message["status"]
+                record()
             await send(message)
 
         try:
-            await self.app(scope, receive, send_noting_status)
+            await self.app(scope, receive, send_recording)
         finally:
             reset_requester(context)
-            for event in ([rule.audit] if rule.audit else []) + (signed.events if signed else []):
-                query = dict(request.query_params)
-                self.audit.record(event, username, address, method=method, path=path, query=query, status=answered.get("status", 500))
+            record()  # what the app noted after its answer started, or everything if none started
 
     def _foreign_origin(self, request: Request, method: str, via: Optional[str]) -> Optional[JSONResponse]:
         """Cross-site request forgery: a browser request that changes something must come from our
