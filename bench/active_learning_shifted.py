@@ -282,6 +282,7 @@ def cost_to_reach(xs, ys, level: float) -> float | None:
 
 def per_run(rows: list[dict], full_pool: dict[int, float], budget: float, args) -> list[dict]:
     table = []
+    studies_end = min(r["labelled"] for r in rows if r["round"] == args.rounds)  # every run has labelled this many
     for (strategy, pair) in sorted({(r["strategy"], r["repeat"]) for r in rows}):
         curve = sorted((r for r in rows if (r["strategy"], r["repeat"]) == (strategy, pair)), key=lambda r: r["round"])
         xs, ys = [r["cost"] for r in curve], [r["heldout_dice"] for r in curve]
@@ -291,7 +292,7 @@ def per_run(rows: list[dict], full_pool: dict[int, float], budget: float, args) 
         table.append({
             "strategy": strategy, "repeat": pair,
             "area_by_cost": round(curve_area(xs, ys, args.rounds * budget), 5),
-            "area_by_studies": round(curve_area([r["labelled"] for r in curve], ys, min(r["labelled"] for r in rows if r["round"] == args.rounds)), 5),
+            "area_by_studies": round(curve_area([r["labelled"] for r in curve], ys, studies_end), 5),
             "final_dice": last["heldout_dice"], "studies": last["labelled"], "cost": last["cost"],
             "cost_to_90pct_of_full_pool_gain": round(reached, 1) if reached is not None else "",
             "worst_subgroup_dice": min(last[f"dice_{s}"] for s in SUBGROUPS),
@@ -332,8 +333,8 @@ def decide(table: list[dict], pairs: int) -> dict:
         }
     passing = [s for s, v in verdicts.items() if v["passes"]]
     chosen = max(passing, key=lambda s: verdicts[s]["gain_mean"]) if passing else BASELINE
-    control = of(CONTROL)
-    noise = [abs(control[p]["area_by_cost"] - of("random")[p]["area_by_cost"]) for p in control if p in of("random")]
+    control, random_runs = of(CONTROL), of("random")
+    noise = [abs(control[p]["area_by_cost"] - random_runs[p]["area_by_cost"]) for p in control if p in random_runs]
     return {"rule": RULE, "verdicts": verdicts, "chosen": chosen, "pairs": pairs,
             "noise_floor_area": round(float(np.mean(noise)), 5) if noise else None}
 

@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
-import json
 import math
 import random
 import sys
@@ -57,6 +56,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "apps" / "wholebody"))
 SHARED = ROOT.parent / "shared" / "data"
 
+from bench_inference import to_channels  # noqa: E402  (bench/ is the script's own folder)
 from monai.losses import DiceCELoss  # noqa: E402
 from monai.networks.nets import SegResNet  # noqa: E402
 from monai.transforms import Compose, EnsureChannelFirst, LoadImage, Orientation, Spacing  # noqa: E402
@@ -124,16 +124,11 @@ def phantom_study(name: str, seed: int, pixdim: float, tmp: Path) -> Study:
 
 def real_ct_study(pixdim: float) -> Study:
     """The shared CT; its TotalSegmentator v2 labels become bundle channels by name (others: 0)."""
-    classes = json.loads((SHARED / "labels" / "totalsegmentator_classes.json").read_text())["total_v2"]
-    channels = wholebody_labels()
-    lut = np.zeros(256, dtype=np.int64)
-    for index, name in classes.items():
-        lut[int(index)] = channels.get(name, 0)
     image, hu = load_study(str(SHARED / "ct" / "example_ct_sm.nii.gz"), (pixdim,) * 3)
     load = Compose([LoadImage(image_only=True), EnsureChannelFirst(), Orientation(axcodes="RAS"), Spacing(pixdim=(pixdim,) * 3, mode="nearest")])
     label = load(str(SHARED / "ct" / "example_ct_sm_totalseg_v2.nii.gz"))[0].numpy().round().astype(np.int64)
     assert label.shape == tuple(image.shape[1:]), (label.shape, image.shape)
-    return Study("real_ct", "real", "abdomen", image, hu, torch.as_tensor(lut[label]))
+    return Study("real_ct", "real", "abdomen", image, hu, torch.as_tensor(to_channels(label)))
 
 
 def build_data(pixdim: float, pool_size: int, held_out_size: int, tmp: Path) -> tuple[list[Study], list[Study]]:

@@ -44,7 +44,8 @@ PIXDIM = {True: 1.5, False: 3.0}  # the bundle's highres / lowres spacing in mm
 BODY_HU = -500.0  # body voxels, for agreement (the issue's definition; the body mask's default threshold too)
 MIN_ML = 1.0  # structures smaller than this in the reference labels are not scored
 
-from lib.networks import wholebody_segresnet  # noqa: E402  (needs apps/wholebody on sys.path)
+from lib.labels import wholebody_labels  # noqa: E402  (needs apps/wholebody on sys.path)
+from lib.networks import wholebody_segresnet  # noqa: E402
 
 
 def rss_mb() -> float:
@@ -111,11 +112,25 @@ def build_inputs(tmp: Path, z_lengths: list[int], full_size: bool, source: Path 
     return cases
 
 
+# The bundle's file per resolution (highres?): 1.5 mm model.pt, 3 mm model_lowres.pt.
+BUNDLE_FILES = {True: "model.pt", False: "model_lowres.pt"}
+
+
+def to_channels(label: np.ndarray) -> np.ndarray:
+    """TotalSegmentator v2 values -> the bundle's channels by name (a v2-only structure is background)."""
+    classes = json.loads((ROOT.parent / "shared" / "data" / "labels" / "totalsegmentator_classes.json").read_text())["total_v2"]
+    channels = wholebody_labels()
+    lut = np.zeros(256, dtype=np.int64)
+    for index, name in classes.items():
+        lut[int(index)] = channels.get(name, 0)
+    return lut[label]
+
+
 def checkpoint_file(checkpoint: str, highres: bool) -> str:
     """``checkpoint``: one state dict for both resolutions, or a folder in the bundle's layout (``models/model.pt``
     at 1.5 mm, ``models/model_lowres.pt`` at 3 mm), as bench/confident_checkpoint.py makes it."""
     if Path(checkpoint).is_dir():
-        return str(Path(checkpoint, "models", "model.pt" if highres else "model_lowres.pt"))
+        return str(Path(checkpoint, "models", BUNDLE_FILES[highres]))
     return checkpoint
 
 
@@ -125,11 +140,11 @@ def write_checkpoints(model_dir: Path, checkpoint: str | None = None) -> None:
     folder = model_dir / "wholeBody_ct_segmentation" / "models"  # the official bundle layout the app looks in
     folder.mkdir(parents=True, exist_ok=True)
     random = None if checkpoint else wholebody_segresnet().state_dict()
-    for name, highres in (("model.pt", True), ("model_lowres.pt", False)):
-        if checkpoint and not Path(checkpoint_file(checkpoint, highres)).exists():
+    for highres, name in BUNDLE_FILES.items():
+        source = checkpoint_file(checkpoint, highres) if checkpoint else None
+        if source and not Path(source).exists():
             continue  # a folder with one resolution so far: the runs of the other fail, naming the file
-        state = torch.load(checkpoint_file(checkpoint, highres), map_location="cpu") if checkpoint else random
-        torch.save(state, folder / name)
+        torch.save(torch.load(source, map_location="cpu") if source else random, folder / name)
 
 
 # --- one run (child)
@@ -153,7 +168,7 @@ def reference_too_big(spec: dict) -> str | None:
 
 def load_network(spec: dict) -> torch.nn.Module:
     """The checkpoint written by write_checkpoints, for the spec's resolution and device."""
-    name = "model.pt" if spec["highres"] else "model_lowres.pt"
+    name = BUNDLE_FILES[spec["highres"]]
     network = wholebody_segresnet()
     network.load_state_dict(torch.load(Path(spec["model_dir"], "wholeBody_ct_segmentation", "models", name)))
     return network.to(spec["device"]).eval()
@@ -191,7 +206,6 @@ def child(spec: dict) -> dict:
         network = load_network(spec)
         affine = nib.load(spec["image"]).affine
 
-        from lib.labels import wholebody_labels
         from lib.measurements.on_image import measure_on_image
 
         names = {value: name for name, value in wholebody_labels().items()}

@@ -46,9 +46,8 @@ SHARED = ROOT.parent / "shared" / "data"
 SEG = SHARED / "ct" / "example_ct_sm_totalseg_v2.nii.gz"
 CACHE = Path(os.environ.get("WHOLEBODY_CACHE", Path.home() / ".cache" / "wholebody")) / "confident"
 RECIPE = 4  # bump when the training data or loop changes: the cache then trains a new checkpoint
-# Per resolution (highres?): the bundle's file name, and the crop a step takes (multiples of 8). At 3 mm it holds
-# the shared CT's whole volume (~3 s a step on 2 cores); at 1.5 mm a quarter of it in-plane (~7 s a step).
-FILES = {False: "model_lowres.pt", True: "model.pt"}
+# Per resolution (highres?): the crop a step takes (multiples of 8). At 3 mm it holds the shared CT's whole
+# volume (~3 s a step on 2 cores); at 1.5 mm a quarter of it in-plane (~7 s a step).
 CROP = {False: (128, 112, 32), True: (128, 128, 64)}
 
 import bench_inference  # noqa: E402  (needs bench/ on sys.path)
@@ -65,16 +64,6 @@ def cache_folder(args) -> Path:
     return CACHE / f"wholebody-{key}"
 
 
-def to_channels(label: np.ndarray) -> np.ndarray:
-    """TotalSegmentator v2 values -> the bundle's channels by name (a v2-only structure is background)."""
-    classes = json.loads((SHARED / "labels" / "totalsegmentator_classes.json").read_text())["total_v2"]
-    channels = wholebody_labels()
-    lut = np.zeros(256, dtype=np.int64)
-    for index, name in classes.items():
-        lut[int(index)] = channels.get(name, 0)
-    return lut[label]
-
-
 def training_volumes(tmp: Path, highres: bool) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
     """(name, network input (1, X, Y, Z), label (X, Y, Z)) at the resolution: the shared CT and the full-size
     case made from it (its z-mirrored cases hold the same anatomy and statistics as the CT itself)."""
@@ -85,7 +74,7 @@ def training_volumes(tmp: Path, highres: bool) -> list[tuple[str, torch.Tensor, 
         data = Compose(pipeline.preprocessing(pipeline.PIXDIM[highres], "cpu", label_key="label"))(
             {"image": image["image"], "label": label["image"]}
         )
-        target = to_channels(np.asarray(data["label"][0]).round().astype(np.int64))
+        target = bench_inference.to_channels(np.asarray(data["label"][0]).round().astype(np.int64))
         case = f"{image['case']}@{pipeline.PIXDIM[highres][0]:g}mm"
         volumes.append((case, torch.as_tensor(data["image"]).float(), torch.as_tensor(target)))
         print(f"  {case}: {tuple(target.shape)}, {len(np.unique(target)) - 1} structures", flush=True)
@@ -196,7 +185,7 @@ def training_dice(network: torch.nn.Module, volumes, min_voxels: int = 100) -> d
 def make(folder: Path, highres: bool, steps: int, args) -> None:
     """One resolution's network: 3 mm from random weights, 1.5 mm from the 3 mm network."""
     models = folder / "models"
-    path = models / FILES[highres]
+    path = models / bench_inference.BUNDLE_FILES[highres]
     if path.exists():
         print(f"cached: {path}")
         return
@@ -204,7 +193,7 @@ def make(folder: Path, highres: bool, steps: int, args) -> None:
     torch.manual_seed(args.seed)
     network = new_network()
     if highres:
-        network.load_state_dict(torch.load(models / FILES[False], map_location="cpu"))
+        network.load_state_dict(torch.load(models / bench_inference.BUNDLE_FILES[False], map_location="cpu"))
     print(f"{pipeline.PIXDIM[highres][0]:g} mm network: {steps} steps", flush=True)
     with tempfile.TemporaryDirectory(prefix="confident-") as tmp:
         volumes = training_volumes(Path(tmp), highres)
@@ -227,7 +216,7 @@ def main() -> None:
     args = parser.parse_args()
     folder = cache_folder(args)
     if args.path:
-        if not all((folder / "models" / name).exists() for name in FILES.values()):
+        if not all((folder / "models" / name).exists() for name in bench_inference.BUNDLE_FILES.values()):
             sys.exit(f"not made yet: run {Path(__file__).name} with the same settings first")
         print(folder)
         return

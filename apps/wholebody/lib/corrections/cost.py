@@ -28,8 +28,7 @@ class CostWeights:
 def correction_cost(record: Mapping[str, Any], weights: CostWeights = CostWeights()) -> dict[str, float]:
     """Seconds of the correction, with its parts: structures reviewed, structures edited, slices edited
     (summed over the edited structures: two structures corrected on one slice are two strokes)."""
-    structures = record["structures"]
-    edited = [name for name, entry in structures.items() if entry["added"] or entry["removed"]]
+    structures, edited = record["structures"], record["edited"]
     slices = sum(int(structures[name]["slices"]) for name in edited)
     parts = {"reviewed": len(structures), "edited": len(edited), "slices_edited": slices}
     seconds = weights.reviewed * parts["reviewed"] + weights.edited * parts["edited"] + weights.slice_edited * slices
