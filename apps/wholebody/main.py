@@ -20,6 +20,7 @@ import lib.configs
 from lib.activelearning import datastore_info, trigger
 from lib.activelearning.handout import Exclusive, Handouts
 from lib.activelearning.random_strategy import Random
+from lib.activelearning.stratified_random import StratifiedRandom
 from lib.batch.server_task import StudyBatchInfer
 from lib.conf import Conf, ConfError, as_bool
 from lib.corrections.hooks import LearningLoop
@@ -188,14 +189,14 @@ class WholeBodyApp(MONAILabelApp):
 
     # --- active learning: strategies, scoring, hand-outs (lib/activelearning/; README "Active learning") ---
     def init_strategies(self) -> Dict[str, Strategy]:
-        """``random``, ``first`` and the models' own (``diversity_then_class_entropy``, ``diversity``,
+        """``random``, ``stratified_random``, ``first`` and the models' own (``diversity_then_class_entropy``, ``diversity``,
         ``class_entropy``, ``uncertainty``), each handing out only studies that no other client is
         annotating. ``FIRST_STRATEGY`` is listed first: Slicer's "Next Sample" uses it unless the
         annotator picks another."""
         self.handouts = Handouts(
             self.options.float("al_lock_minutes", 30.0, low=0.0), path=os.path.join(self.model_dir, "handouts.json")
         )
-        chosen: Dict[str, Strategy] = {"random": Random(), "first": First()}
+        chosen: Dict[str, Strategy] = {"random": Random(), "stratified_random": StratifiedRandom(), "first": First()}
         for config in self.models.values():
             chosen.update(self._by_name(config.strategy(), config.name))
         ordered = {name: chosen[name] for name in (FIRST_STRATEGY,) if name in chosen} | chosen

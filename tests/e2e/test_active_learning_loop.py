@@ -57,7 +57,7 @@ def test_next_sample_infer_save_train_next_sample(start_server, tmp_path, monkey
 
     info = first.info()
     assert list(info["strategies"])[0] == FIRST, list(info["strategies"])
-    assert {COMBINED, "diversity", "class_entropy", "uncertainty", "first"} <= set(info["strategies"]) and KEY in info["scoring"]
+    assert {COMBINED, "diversity", "class_entropy", "uncertainty", "first", "stratified_random"} <= set(info["strategies"]) and KEY in info["scoring"]
 
     # Scoring started with the server, in the background, with the untrained (seeded) weights.
     before = wait_for_scores(first, "untrained")

@@ -29,6 +29,8 @@ from lib.activelearning.selection import (
     noisy_pick,
 )
 from lib.activelearning.strategies import ClassEntropy, Diversity, DiversityThenClassEntropy, Uncertainty
+from lib.activelearning.stratified_random import GROUP_KEY, StratifiedRandom, header_group
+from lib.datastore.image_check import read_header
 from lib.datastore.local import CheckedLocalDatastore
 from lib.phantom import make_phantom, ras_affine
 from lib.weights.checkpoints import save_atomically
@@ -352,3 +354,60 @@ def test_random_reads_hand_out_times_a_client_wrote_in_another_shape(tmp_path):
     assert picked <= {"a", "b", "c", "d"} and len(picked) >= 2
     # Unreadable times count as never handed out; one in the future as handed out now (weight 1).
     assert handed_out_at(store.get_image_info("b"), "random") == handed_out_at(store.get_image_info("d"), "random") == 0.0
+
+
+# --- stratified random ---
+
+
+def _write_spaced(path: Path, shape, spacing) -> Path:
+    nib.save(nib.Nifti1Image(np.zeros(shape, np.int16), ras_affine(shape, spacing)), str(path))
+    return path
+
+
+def test_header_group_reads_slice_spacing_and_length_along_the_long_axis_from_the_header(tmp_path):
+    def group(shape, spacing, affine=None):
+        path = tmp_path / "g.nii.gz"
+        nib.save(nib.Nifti1Image(np.zeros(shape, np.int16), affine if affine is not None else ras_affine(shape, spacing)), str(path))
+        return header_group(read_header(str(path)))
+
+    assert group((20, 20, 400), (0.8, 0.8, 1.5)) == "thin slices, trunk"  # 600 mm
+    assert group((20, 20, 120), (0.8, 0.8, 2.0)) == "standard slices, one region"  # 240 mm
+    assert group((20, 20, 160), (0.8, 0.8, 5.0)) == "thick slices, whole body"  # 800 mm
+    # A sagittal acquisition: the long axis is the first voxel axis (5 mm apart, 70 of them: 350 mm).
+    sagittal = np.array([[0.0, 0.0, 0.8, 0.0], [0.0, 0.8, 0.0, 0.0], [5.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
+    assert group((70, 20, 20), None, sagittal) == "thick slices, one region"
+
+
+def test_stratified_random_takes_the_group_with_fewest_labelled_studies_and_a_lead_may_name_groups(tmp_path):
+    root = tmp_path / "studies"
+    root.mkdir()
+    for name in ("thin_a", "thin_b", "thin_c", "thick_a", "thick_b", "thick_c"):
+        spacing = (0.8, 0.8, 1.0) if name.startswith("thin") else (5.0, 5.0, 5.0)  # 100 mm vs 500 mm
+        _write_spaced(root / f"{name}.nii.gz", (8, 8, 100), spacing)
+    store = CheckedLocalDatastore(str(root), extensions=("*.nii.gz",), auto_reload=False)
+    strategy = StratifiedRandom()
+    request = {"strategy": "stratified_random", "client_id": "carl"}
+
+    first = strategy(request, store)
+    assert first["selected_by"] == "stratified_random" and first["labelled_in_group"] == 0
+    assert first["group"] in {"thin slices, one region", "thick slices, trunk"}
+
+    handouts = Handouts(30)
+    handouts.hand_out("thick_a", "anna")
+    handouts.hand_out("thick_b", "ben")
+    carl = Exclusive(strategy, handouts)
+    picks = {carl(request, store)["id"] for _ in range(20)}
+    assert picks <= {"thin_a", "thin_b", "thin_c"} and len(picks) >= 2, "studies being annotated count as labelled"
+    handouts.release("thick_a")
+    handouts.release("thick_b")
+
+    label = np.zeros((8, 8, 100), np.uint8)
+    store.save_label("thin_a", str(_write_spaced(tmp_path / "l.nii.gz", label.shape, (0.8, 0.8, 1.0))), "final", {})
+    picks = {strategy(request, store)["id"] for _ in range(30)}
+    assert picks == {"thick_a", "thick_b", "thick_c"}, "the thick group has no labelled study yet"
+
+    store.update_image_info("thin_b", {GROUP_KEY: "arterial phase"})
+    store.update_image_info("thin_c", {GROUP_KEY: 42})  # not a group name: the header decides
+    assert strategy.group(store, "thin_b") == "arterial phase" and strategy.group(store, "thin_c") == "thin slices, one region"
+    store.save_label("thick_a", str(_write_spaced(tmp_path / "l2.nii.gz", label.shape, (5.0, 5.0, 5.0))), "final", {})
+    assert {strategy(request, store)["id"] for _ in range(20)} == {"thin_b"}, "the lead's group has no labelled study"

@@ -29,6 +29,15 @@ def handed_out_at(info, strategy) -> float:
     return float(ts) if isinstance(ts, (int, float)) and not isinstance(ts, bool) and math.isfinite(ts) else 0.0
 
 
+def weighted_pick(images: list[str], datastore: Datastore, strategy) -> tuple[str, int]:
+    """One of ``images`` (not empty) at random, weighted by 1 plus the seconds since ``strategy`` last
+    handed it out, and its weight."""
+    now = time.time()
+    weights = [1 + int(max(0.0, now - handed_out_at(datastore.get_image_info(i), strategy))) for i in images]
+    chosen = random.choices(range(len(images)), weights=weights)[0]
+    return images[chosen], weights[chosen]
+
+
 class Random(Strategy):
     def __init__(self):
         super().__init__("Random Strategy")
@@ -37,9 +46,6 @@ class Random(Strategy):
         images = datastore.get_unlabeled_images(request.get("label_tag"), request.get("labels"))
         if not images:
             return None
-        now = time.time()
-        strategy = request.get("strategy")
-        weights = [1 + int(max(0.0, now - handed_out_at(datastore.get_image_info(i), strategy))) for i in images]
-        chosen = random.choices(range(len(images)), weights=weights)[0]
-        logger.info(f"Random: Selected Image: {images[chosen]}; Weight: {weights[chosen]} (of {len(images)} studies)")
-        return {"id": images[chosen], "weight": weights[chosen]}
+        image_id, weight = weighted_pick(images, datastore, request.get("strategy"))
+        logger.info(f"Random: Selected Image: {image_id}; Weight: {weight} (of {len(images)} studies)")
+        return {"id": image_id, "weight": weight}
