@@ -54,7 +54,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "apps" / "wholebody")]
 
-from bench_active_learning import padded, shared_options, small_segresnet, write_csv  # noqa: E402
+from bench_active_learning import NETWORKS, padded, shared_options, write_csv  # noqa: E402
 from confident_checkpoint import present_dice_ce  # noqa: E402
 from shifted_studies import SUBGROUPS, Study, source_studies, target_studies  # noqa: E402
 
@@ -150,14 +150,15 @@ def source_model(args, sources: list[Study], source_test: list[Study], device) -
     source Dice printed after each, cached by the settings. All the steps, not just until ``--source-dice``: a
     model stopped as soon as it passes the bar is still learning, and then any fine-tuning helps it, whatever
     was picked."""
-    key = hashlib.sha256(json.dumps([2, args.pixdim, len(sources), args.source_steps, args.source_dice, args.source_lr]).encode()).hexdigest()[:12]
+    settings = [2, args.network, args.pixdim, len(sources), args.source_steps, args.source_dice, args.source_lr]
+    key = hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:12]
     path = CACHE / f"source-{key}.pt"
     if path.exists():
         cached = torch.load(path, map_location="cpu")
         print(f"source model cached: {path} (held-out source Dice {cached['dice']:.3f} after {cached['steps']} steps)")
         return cached["state"], cached["dice"], cached["steps"]
     torch.manual_seed(0)
-    network = small_segresnet().to(device)
+    network = NETWORKS[args.network]().to(device)
     steps, dice, began = 0, 0.0, time.time()
     while steps < args.source_steps:
         chunk = min(100, args.source_steps - steps)
@@ -241,7 +242,7 @@ class Round:
 
 
 def run(strategy: str, pair: int, source: dict, start: dict, pool, held_out, source_test, budget: float, weights, args, device) -> list[dict]:
-    network = small_segresnet().to(device)
+    network = NETWORKS[args.network]().to(device)
     network.load_state_dict(source)
     labelled, unlabelled, spent = [], list(pool), 0.0
     rows = [{"strategy": strategy, "repeat": pair, "round": 0, "labelled": 0, "cost": 0.0, **start, "picked": "", "seconds": 0.0}]
@@ -409,7 +410,7 @@ def main(argv: list[str]) -> int:
 
     source, source_dice, source_steps = source_model(args, sources, source_test, device)
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"active_learning_shifted_{args.pixdim:g}mm_{device.type}"
+    stem = f"active_learning_shifted_{args.network}_{args.pixdim:g}mm_{device.type}"
     summary = {"source_dice": round(source_dice, 4), "source_steps": source_steps, "source_dice_needed": args.source_dice,
                "cost_weights_seconds": weights.describe(), "argv": sys.argv[1:]}
     if source_dice < args.source_dice:
@@ -418,7 +419,7 @@ def main(argv: list[str]) -> int:
         print(summary["stopped"])
         return 1
 
-    network = small_segresnet().to(device)
+    network = NETWORKS[args.network]().to(device)
     network.load_state_dict(source)
     start = figures(network, held_out, source_test, device)
     budget = args.budget * statistics.median(study_cost(network, s, weights, device)["seconds"] for s in pool)
@@ -426,7 +427,7 @@ def main(argv: list[str]) -> int:
 
     rows, full_pool = [], {}
     for pair in range(args.pairs):
-        whole = small_segresnet().to(device)
+        whole = NETWORKS[args.network]().to(device)
         whole.load_state_dict(source)
         fine_tune(whole, pool, args.rounds * args.steps, 1000 * pair + 999, args.lr, device)
         full_pool[pair] = figures(whole, held_out, source_test, device)["heldout_dice"]
@@ -440,7 +441,7 @@ def main(argv: list[str]) -> int:
     summary.update({"round_budget_seconds": round(budget, 1), "start": start, "full_pool_dice": full_pool, **decision,
                     "minutes": round((time.time() - began) / 60, 1)})
     (args.out / f"{stem}.json").write_text(json.dumps(summary, indent=1))
-    plot(rows, table, args.out / f"{stem}.png", f"small SegResNet, {args.pixdim:g} mm, budget {budget:.0f} s x {args.rounds} rounds, {args.pairs} pairs")
+    plot(rows, table, args.out / f"{stem}.png", f"{args.network} SegResNet, {args.pixdim:g} mm, budget {budget:.0f} s x {args.rounds} rounds, {args.pairs} pairs")
     print(json.dumps(decision["verdicts"], indent=1))
     print(f"chosen by the rule: {decision['chosen']}; noise floor (|random - random_reseeded| area) {decision['noise_floor_area']}")
     print(f"total {time.time() - began:.0f} s; wrote {args.out / stem}.csv, _runs.csv, .json and .png")

@@ -362,6 +362,7 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 def shared_options() -> argparse.ArgumentParser:
     """The options both modes take: the strategies' settings, where it runs and where it writes."""
     parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--network", choices=sorted(NETWORKS), default="small", help="small: 8 initial filters (CPU); bundle: the served network (GPU)")
     parser.add_argument("--mc-samples", type=int, default=4)
     parser.add_argument("--gumbel", type=float, default=1.0, help="class_entropy noise scale with one labelled study (al_gumbel_scale)")
     parser.add_argument("--diversity-studies", type=int, default=3, help="diversity_then_class_entropy: diversity below this many labelled")
@@ -380,7 +381,6 @@ def main() -> int:
 
         return active_learning_shifted.main(rest)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], parents=[modes, shared_options()])
-    parser.add_argument("--network", choices=sorted(NETWORKS), default="small")
     parser.add_argument("--pixdim", type=float, default=10.0, help="mm; the bundle's lowres model is 3")
     parser.add_argument("--pool", type=int, default=20, help="studies in the pool (the real CT and phantoms)")
     parser.add_argument("--held-out", type=int, default=8)
