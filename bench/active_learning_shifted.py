@@ -29,7 +29,7 @@ fine-tuning on the whole pool (same steps in all), the worst subgroup's final Di
 held-out Dice lost). The rule that decides the default strategy is RULE below, stated in
 docs/active-learning.md before the run.
 
-    $V/bin/python bench/bench_active_learning.py --mode shifted                       # CPU: about 2.3 hours
+    $V/bin/python bench/bench_active_learning.py --mode shifted                       # CPU: 2 hours (119.6 min)
     $V/bin/python bench/bench_active_learning.py --mode shifted --pairs 1 --rounds 1 --steps 2 \\
         --source-steps 20 --source-dice 0 --out /tmp/al                              # the harness, a few minutes
 """
