@@ -202,8 +202,8 @@ SHAPE, SPACING = (36, 30, 24), (10.0, 10.0, 10.0)
 CHANNELS = {"spleen": 1, "kidney_right": 2, "liver": 5, "aorta": 7}
 
 
-def write(path: Path, array: np.ndarray) -> Path:
-    nib.save(nib.Nifti1Image(array, ras_affine(array.shape, SPACING)), str(path))
+def write(path: Path, array: np.ndarray, spacing=SPACING) -> Path:
+    nib.save(nib.Nifti1Image(array, ras_affine(array.shape, spacing)), str(path))
     return path
 
 
@@ -359,11 +359,6 @@ def test_random_reads_hand_out_times_a_client_wrote_in_another_shape(tmp_path):
 # --- stratified random ---
 
 
-def _write_spaced(path: Path, shape, spacing) -> Path:
-    nib.save(nib.Nifti1Image(np.zeros(shape, np.int16), ras_affine(shape, spacing)), str(path))
-    return path
-
-
 def test_header_group_reads_slice_spacing_and_length_along_the_long_axis_from_the_header(tmp_path):
     def group(shape, spacing, affine=None):
         path = tmp_path / "g.nii.gz"
@@ -383,7 +378,7 @@ def test_stratified_random_takes_the_group_with_fewest_labelled_studies_and_a_le
     root.mkdir()
     for name in ("thin_a", "thin_b", "thin_c", "thick_a", "thick_b", "thick_c"):
         spacing = (0.8, 0.8, 1.0) if name.startswith("thin") else (5.0, 5.0, 5.0)  # 100 mm vs 500 mm
-        _write_spaced(root / f"{name}.nii.gz", (8, 8, 100), spacing)
+        write(root / f"{name}.nii.gz", np.zeros((8, 8, 100), np.int16), spacing)
     store = CheckedLocalDatastore(str(root), extensions=("*.nii.gz",), auto_reload=False)
     strategy = StratifiedRandom()
     request = {"strategy": "stratified_random", "client_id": "carl"}
@@ -402,12 +397,12 @@ def test_stratified_random_takes_the_group_with_fewest_labelled_studies_and_a_le
     handouts.release("thick_b")
 
     label = np.zeros((8, 8, 100), np.uint8)
-    store.save_label("thin_a", str(_write_spaced(tmp_path / "l.nii.gz", label.shape, (0.8, 0.8, 1.0))), "final", {})
+    store.save_label("thin_a", str(write(tmp_path / "l.nii.gz", label, (0.8, 0.8, 1.0))), "final", {})
     picks = {strategy(request, store)["id"] for _ in range(30)}
     assert picks == {"thick_a", "thick_b", "thick_c"}, "the thick group has no labelled study yet"
 
     store.update_image_info("thin_b", {GROUP_KEY: "arterial phase"})
     store.update_image_info("thin_c", {GROUP_KEY: 42})  # not a group name: the header decides
     assert strategy.group(store, "thin_b") == "arterial phase" and strategy.group(store, "thin_c") == "thin slices, one region"
-    store.save_label("thick_a", str(_write_spaced(tmp_path / "l2.nii.gz", label.shape, (5.0, 5.0, 5.0))), "final", {})
+    store.save_label("thick_a", str(write(tmp_path / "l2.nii.gz", label, (5.0, 5.0, 5.0))), "final", {})
     assert {strategy(request, store)["id"] for _ in range(20)} == {"thin_b"}, "the lead's group has no labelled study"

@@ -73,7 +73,7 @@ class StratifiedRandom(Strategy):
             return None
         candidates = {i: self.group(datastore, i) for i in images}
         taken = set(datastore.get_labeled_images()) | getattr(datastore, "held_by_others", lambda: set())()
-        labelled = Counter(self.group(datastore, i) for i in sorted(taken))
+        labelled = Counter(self.group(datastore, i) for i in taken)
         fewest = min(labelled[g] for g in candidates.values())
         group = random.choice(sorted({g for g in candidates.values() if labelled[g] == fewest}))
         image_id, weight = weighted_pick(sorted(i for i, g in candidates.items() if g == group), datastore, request.get("strategy"))
