@@ -3,6 +3,7 @@ bfloat16 units, and fp32 for a request that asks for it."""
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import nibabel as nib
@@ -14,6 +15,7 @@ from conftest import CT
 from lib.acceleration import cpu_precision
 from lib.acceleration.channels_last import ChannelsLast
 from lib.conf import Conf, ConfError
+from lib.networks import spleen_unet, wholebody_segresnet
 
 HU_CLASSES = (-500.0, 200.0)  # air and lung | soft tissue and fat | bone
 
@@ -62,6 +64,30 @@ def test_bf16_labels_equal_fp32_labels_where_the_logits_are_confident():
     assert confident.float().mean() > 0.95, "the trained network is confident on most voxels"
     assert (fp32.argmax(1) == target).float().mean() > 0.95, "and it learned the HU classes"
     assert torch.equal(bf16.argmax(1)[confident], fp32.argmax(1)[confident])
+
+
+@pytest.mark.parametrize("factory", [wholebody_segresnet, spleen_unet])
+def test_the_output_layer_runs_in_float32_so_bf16_logits_are_not_rounded_to_eight_bits(factory):
+    torch.manual_seed(0)
+    net = factory().eval()
+    untouched = copy.deepcopy(net)
+    x = torch.randn(1, 1, 32, 32, 32)
+    ran = []  # the output dtype of each convolution, in the order they ran
+    for module in net.modules():
+        if isinstance(module, (torch.nn.Conv3d, torch.nn.ConvTranspose3d)):
+            module.register_forward_hook(lambda m, args, out: ran.append(out.dtype))
+    with torch.inference_mode():
+        cpu_precision.BFloat16Autocast(net)  # wrapping again (a later request) adds no second hook
+        bf16 = cpu_precision.BFloat16Autocast(net)(x)
+        bf16_ran, ran[:] = list(ran), []
+        fp32 = net(x)
+        assert torch.is_autocast_enabled("cpu") is False, "the hooks leave no autocast behind"
+    assert set(bf16_ran[:-1]) == {torch.bfloat16} and bf16_ran[-1] == torch.float32, "only the last convolution in float32"
+    assert bf16.dtype == torch.float32 and not torch.equal(bf16, bf16.bfloat16().float()), "logits keep float32's mantissa"
+    assert set(ran) == {torch.float32} and torch.equal(fp32, untouched(x)), "an fp32 request on the same network is unchanged"
+    assert list(net.state_dict()) == list(untouched.state_dict()), "the checkpoint's keys stay"
+    (output,) = [m for m in net.modules() if getattr(m, "_runs_in_float32", False)]
+    assert len(output._forward_pre_hooks) == 1
 
 
 def test_a_cpu_without_bf16_units_serves_fp32_with_one_warning(cpu_flags, caplog):
