@@ -1,5 +1,6 @@
-"""bfloat16 and air windows on the CPU (issue 22): our wholebody inference in fp32, bf16, and with air windows
-skipped, on one checkpoint, in one process, with same-run ratios against our own fp32 and the agreement figures.
+"""bfloat16 and air windows on the CPU (issue 22): our wholebody (or, with ``--model spleen``, spleen) inference in
+fp32, bf16, and with air windows skipped, on one checkpoint, in one process, with same-run ratios against our own
+fp32 and the agreement figures.
 
 Agreement only means something on a confident checkpoint (a trained network; random weights make near-tied
 logits everywhere): give it with ``--checkpoint``. Without one the bench runs seeded random weights and says
@@ -11,6 +12,7 @@ so. Figures, in the preprocessed (resampled) grid, against fp32 with every windo
     $V/bin/python bench/bench_cpu_precision.py --checkpoint CKPT --res highres          # a whole CT
     $V/bin/python bench/bench_cpu_precision.py --res lowres --crop 0:64,0:64,0:30       # a small smoke run
     $V/bin/python bench/bench_cpu_precision.py --checkpoint CKPT --window 96            # one window, per layout
+    $V/bin/python bench/bench_cpu_precision.py --model spleen --checkpoint SPLEEN_PT    # bench/confident_spleen.py
 
 ``--window`` also times OpenVINO (f32 and bf16) when the Python running the bench can import it: it is not a
 dependency, so install it beside the project's packages to compare (docs/performance.md says how).
@@ -42,17 +44,20 @@ from bench_inference import checkpoint_file  # noqa: E402
 
 from lib.acceleration import channels_last, cpu_precision  # noqa: E402  (needs apps/wholebody on sys.path)
 from lib.acceleration.cpu_memory import keep_freed_memory  # noqa: E402
-from lib.networks import wholebody_segresnet  # noqa: E402
+from lib.networks import spleen_unet, wholebody_segresnet  # noqa: E402
+from lib.pipelines import spleen as spleen_pipeline  # noqa: E402
 from lib.pipelines import wholebody as pipeline  # noqa: E402
 from lib.transforms.body_mask import BODY_MASK_KEY, BodyMaskd  # noqa: E402
 from lib.weights.checkpoints import load_state_dict  # noqa: E402
 
 
-def load_network(checkpoint: str | None, highres: bool) -> torch.nn.Module:
+def load_network(model: str, checkpoint: str | None, highres: bool) -> torch.nn.Module:
+    """``checkpoint``: for wholebody a state dict or the confident folder, for spleen a state dict."""
     torch.manual_seed(0)
-    network = wholebody_segresnet()
+    network = spleen_unet() if model == "spleen" else wholebody_segresnet()
     if checkpoint:
-        network.load_state_dict(load_state_dict(checkpoint_file(checkpoint, highres), map_location="cpu"), strict=True)
+        path = checkpoint if model == "spleen" else checkpoint_file(checkpoint, highres)
+        network.load_state_dict(load_state_dict(path, map_location="cpu"), strict=True)
     else:
         print("no --checkpoint: seeded random weights, agreement figures say nothing about a trained model")
     return network.eval()
@@ -67,20 +72,27 @@ def cropped(path: Path, crop: str | None, tmp: Path) -> str:
     return str(out)
 
 
-def preprocess(image: str, highres: bool) -> dict:
+def preprocess(model: str, image: str, highres: bool) -> dict:
     """The served preprocessing, with the body mask and a copy of the resampled HU before normalisation."""
     body = Compose([BodyMaskd(), CopyItemsd(keys="image", names="hu")])
+    if model == "spleen":
+        return Compose(spleen_pipeline.preprocessing(body=body))({"image": image})
     return Compose(pipeline.preprocessing(pipeline.PIXDIM[highres], "cpu", body=body))({"image": image})
 
 
-def run(network: torch.nn.Module, data: dict, mode: str) -> tuple[torch.Tensor, float, dict]:
+def run(model: str, network: torch.nn.Module, data: dict, mode: str) -> tuple[torch.Tensor, float, dict]:
     precision, skip = mode.split("+")[0], mode.endswith("+skip")
     net = cpu_precision.for_device(channels_last.for_device(network, "cpu", True), "cpu", precision)
     mask = data[BODY_MASK_KEY][None] if skip else None
-    inferer = pipeline.inferer(pipeline.ROI_SIZE, pipeline.OVERLAP, window_mask=mask)
+    if model == "spleen":
+        inferer = spleen_pipeline.inferer(window_mask=mask)
+    else:
+        inferer = pipeline.inferer(pipeline.ROI_SIZE, pipeline.OVERLAP, window_mask=mask)
     start = time.perf_counter()
     with torch.inference_mode():
-        labels = inferer(torch.as_tensor(data["image"])[None], net)
+        out = inferer(torch.as_tensor(data["image"])[None], net)
+        # wholebody's inferer gives labels already (streaming argmax); spleen's the bundle's averaged logits.
+        labels = out if out.shape[1] == 1 else out.argmax(1, keepdim=True)
     return labels[0, 0].clone(), time.perf_counter() - start, dict(inferer.windows)
 
 
@@ -155,7 +167,8 @@ def window_timing(network: torch.nn.Module, x: torch.Tensor, body: torch.Tensor,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", help="a wholebody state_dict, or the confident checkpoint's folder (one per resolution)")
+    parser.add_argument("--model", choices=("wholebody", "spleen"), default="wholebody")
+    parser.add_argument("--checkpoint", help="a state_dict, or wholebody's confident checkpoint folder (one per resolution)")
     parser.add_argument("--image", default=str(CT))
     parser.add_argument("--res", choices=("lowres", "highres"), default="highres")
     parser.add_argument("--crop", help="x0:x1,y0:y1,z0:z1 of the image (voxels) for a small run")
@@ -169,9 +182,9 @@ def main() -> None:
     keep_freed_memory()  # as the infer tasks run
 
     print(f"bfloat16 units: {cpu_precision.bf16_units()}, torch threads: {torch.get_num_threads()}")
-    network = load_network(args.checkpoint, args.res == "highres")
+    network = load_network(args.model, args.checkpoint, args.res == "highres")
     if args.window:
-        x, body = centre_window(preprocess(str(CT), args.res == "highres"), args.window)
+        x, body = centre_window(preprocess(args.model, str(CT), args.res == "highres"), args.window)
         result = {"window": args.window, "res": args.res, "checkpoint": args.checkpoint, **window_timing(network, x, body, args.repeats)}
         fp32 = result["seconds"]["fp32"]
         result["speed-up vs fp32"] = {k: round(fp32 / v, 2) for k, v in result["seconds"].items()}
@@ -180,7 +193,7 @@ def main() -> None:
 
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
-            data = preprocess(cropped(Path(args.image), args.crop, Path(tmp)), args.res == "highres")
+            data = preprocess(args.model, cropped(Path(args.image), args.crop, Path(tmp)), args.res == "highres")
             pre_s = time.perf_counter() - start
         hu = torch.as_tensor(data["hu"])[0]
         body = hu > BODY_HU
@@ -191,9 +204,10 @@ def main() -> None:
         with torch.inference_mode():  # warm-up: the first forward of each precision pays oneDNN's set-up
             for precision in {m.split("+")[0] for m in modes}:
                 cpu_precision.for_device(channels_last.for_device(network, "cpu", True), "cpu", precision)(torch.zeros(1, 1, *pipeline.ROI_SIZE))
-        runs = {mode: run(network, data, mode) for mode in modes}
+        runs = {mode: run(args.model, network, data, mode) for mode in modes}
         reference, fp32_s, _ = runs["fp32"]
         result = {
+            "model": args.model,
             "image": args.image,
             "crop": args.crop,
             "res": args.res,

@@ -85,18 +85,21 @@ def present_dice_ce(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
     """Cross-entropy plus soft Dice over the structures in these labels only: Dice over all 105 channels from
     random weights settles on background, the absent channels' perfect scores drowning the present ones."""
     present = [c for c in torch.unique(label).tolist() if c]
+    ce = torch.nn.functional.cross_entropy(logits, label)
+    if not present:  # a crop of air or of tissue outside every labelled structure
+        return ce
     probs = logits.softmax(1)[:, present]
     onehot = torch.stack([label == c for c in present], 1).float()
     dims = (0, 2, 3, 4)
     dice = (2 * (probs * onehot).sum(dims) + 1) / (probs.sum(dims) + onehot.sum(dims) + 1)
-    return torch.nn.functional.cross_entropy(logits, label) + 1 - dice.mean()
+    return ce + 1 - dice.mean()
 
 
-def padded_to_eight(image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Padded (the image with its own minimum, air) to sizes the network's three down-samplings divide."""
+def padded_to(image: torch.Tensor, label: torch.Tensor, multiple: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Padded (the image with its own minimum, air) to sizes the network's down-samplings divide."""
     pad = []
     for size in reversed(label.shape):
-        extra = -size % 8
+        extra = -size % multiple
         pad += [extra // 2, extra - extra // 2]
     return torch.nn.functional.pad(image, pad, value=float(image.min())), torch.nn.functional.pad(label, pad)
 
@@ -123,8 +126,11 @@ def new_network() -> torch.nn.Module:
     return network
 
 
-def train(network: torch.nn.Module, volumes, crop, steps: int, seed: int, lr: float, state_file: Path, save_every: int) -> torch.nn.Module:
-    """Adam at a constant ``lr`` on random crops; resumes from ``state_file`` (saved every ``save_every`` steps)."""
+def train(
+    network: torch.nn.Module, volumes, crop, steps: int, seed: int, lr: float, state_file: Path, save_every: int, multiple: int = 8
+) -> torch.nn.Module:
+    """Adam at a constant ``lr`` on random crops; resumes from ``state_file`` (saved every ``save_every`` steps).
+    ``multiple``: what the network's down-samplings need the sizes to divide by (8 for the SegResNet)."""
     network = network.to(memory_format=torch.channels_last_3d).train()
     optimizer = torch.optim.Adam(network.parameters(), lr=lr)
     first = 1
@@ -136,7 +142,7 @@ def train(network: torch.nn.Module, volumes, crop, steps: int, seed: int, lr: fl
         print(f"  resumed at step {first} from {state_file}", flush=True)
     rng = np.random.default_rng([seed, first])
     torch.manual_seed(seed + first)
-    volumes = [(name, *padded_to_eight(image, label)) for name, image, label in volumes]
+    volumes = [(name, *padded_to(image, label, multiple)) for name, image, label in volumes]
     # bf16 autocast where the CPU has the units: about 3x faster steps; the weights stay float32.
     autocast = cpu_precision.bf16_units()
     start = time.perf_counter()
@@ -150,7 +156,7 @@ def train(network: torch.nn.Module, volumes, crop, steps: int, seed: int, lr: fl
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if step % 25 == 0 or step == steps:
+        if (step % 25 == 0 or step == steps) and y.any():  # a crop without a structure has no Dice to print
             with torch.no_grad():
                 got = logits.argmax(1)[0]
                 dice = [2 * ((got == c) & (y == c)).sum().item() / ((got == c).sum() + (y == c).sum()).item()
