@@ -12,7 +12,7 @@ so. Figures, in the preprocessed (resampled) grid, against fp32 with every windo
     $V/bin/python bench/bench_cpu_precision.py --checkpoint CKPT --res highres          # a whole CT
     $V/bin/python bench/bench_cpu_precision.py --res lowres --crop 0:64,0:64,0:30       # a small smoke run
     $V/bin/python bench/bench_cpu_precision.py --checkpoint CKPT --window 96            # one window, per layout
-    $V/bin/python bench/bench_cpu_precision.py --model spleen --checkpoint SPLEEN_PT    # bench/confident_spleen.py
+    $V/bin/python bench/bench_cpu_precision.py --model spleen --checkpoint SPLEEN_PT    # the spleen UNet
 
 ``--window`` also times OpenVINO (f32 and bf16) when the Python running the bench can import it: it is not a
 dependency, so install it beside the project's packages to compare (docs/performance.md says how).

@@ -95,11 +95,11 @@ def present_dice_ce(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
     return ce + 1 - dice.mean()
 
 
-def padded_to(image: torch.Tensor, label: torch.Tensor, multiple: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Padded (the image with its own minimum, air) to sizes the network's down-samplings divide."""
+def padded_to_eight(image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Padded (the image with its own minimum, air) to sizes the network's three down-samplings divide."""
     pad = []
     for size in reversed(label.shape):
-        extra = -size % multiple
+        extra = -size % 8
         pad += [extra // 2, extra - extra // 2]
     return torch.nn.functional.pad(image, pad, value=float(image.min())), torch.nn.functional.pad(label, pad)
 
@@ -126,11 +126,8 @@ def new_network() -> torch.nn.Module:
     return network
 
 
-def train(
-    network: torch.nn.Module, volumes, crop, steps: int, seed: int, lr: float, state_file: Path, save_every: int, multiple: int = 8
-) -> torch.nn.Module:
-    """Adam at a constant ``lr`` on random crops; resumes from ``state_file`` (saved every ``save_every`` steps).
-    ``multiple``: what the network's down-samplings need the sizes to divide by (8 for the SegResNet)."""
+def train(network: torch.nn.Module, volumes, crop, steps: int, seed: int, lr: float, state_file: Path, save_every: int) -> torch.nn.Module:
+    """Adam at a constant ``lr`` on random crops; resumes from ``state_file`` (saved every ``save_every`` steps)."""
     network = network.to(memory_format=torch.channels_last_3d).train()
     optimizer = torch.optim.Adam(network.parameters(), lr=lr)
     first = 1
@@ -142,7 +139,7 @@ def train(
         print(f"  resumed at step {first} from {state_file}", flush=True)
     rng = np.random.default_rng([seed, first])
     torch.manual_seed(seed + first)
-    volumes = [(name, *padded_to(image, label, multiple)) for name, image, label in volumes]
+    volumes = [(name, *padded_to_eight(image, label)) for name, image, label in volumes]
     # bf16 autocast where the CPU has the units: about 3x faster steps; the weights stay float32.
     autocast = cpu_precision.bf16_units()
     start = time.perf_counter()
