@@ -90,6 +90,21 @@ def test_the_output_layer_runs_in_float32_so_bf16_logits_are_not_rounded_to_eigh
     assert len(output._forward_pre_hooks) == 1
 
 
+def test_with_decoder_heads_the_base_logits_under_bf16_are_those_it_gives_alone():
+    from lib.heads.network import HeadedSegResNet, StructureHead
+
+    torch.manual_seed(0)
+    base = wholebody_segresnet().eval()
+    x = torch.randn(1, 1, 32, 32, 32)
+    with torch.inference_mode():
+        alone = cpu_precision.BFloat16Autocast(copy.deepcopy(base))(x)
+        head = StructureHead.from_base(wholebody_segresnet, base, 2).eval()
+        headed = cpu_precision.BFloat16Autocast(HeadedSegResNet(base, [head]))(x)
+    assert headed.shape[1] == 105 + 3
+    assert torch.equal(headed[:, :105], alone), "the base's logits do not change with a head beside it"
+    assert not torch.equal(headed[:, 105:], headed[:, 105:].bfloat16().float()), "the head's logits are float32 too"
+
+
 def test_a_cpu_without_bf16_units_serves_fp32_with_one_warning(cpu_flags, caplog):
     cpu_flags("avx512f")
     with caplog.at_level(logging.WARNING, logger=cpu_precision.__name__):

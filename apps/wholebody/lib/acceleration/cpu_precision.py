@@ -81,8 +81,8 @@ def precision_from_conf(conf: Conf) -> str:
 class BFloat16Autocast(torch.nn.Module):
     """Runs ``network`` under CPU autocast to bfloat16 and returns float32, as the fp32 network would.
 
-    The output layer (the network's last convolution, which gives the logits in both served CNNs) runs in
-    float32 on its bfloat16 input: bfloat16 logits keep 8 bits of mantissa (steps of 1/16 between 8 and 16), so
+    The output layers (the convolution that gives the logits: the last one of each SegResNet decoder, the base's
+    and each decoder head's, or else the network's last) run in float32 on their bfloat16 input: bfloat16 logits keep 8 bits of mantissa (steps of 1/16 between 8 and 16), so
     near-tied logits became exact ties and flipped labels. It costs ~3 % of a window (a 1x1x1 convolution in
     the SegResNet); on the confident checkpoint it raised the lowest structure's Dice against fp32 from 0.987
     to 0.993 on the shared CT at 3 mm (docs/performance.md)."""
@@ -101,17 +101,27 @@ class BFloat16Autocast(torch.nn.Module):
 _float32_layers = threading.local()  # per thread, as autocast's own state: the contexts the hooks opened
 
 
+def _convolutions(module: torch.nn.Module) -> list[torch.nn.Module]:
+    return [m for m in module.modules() if isinstance(m, (torch.nn.Conv3d, torch.nn.ConvTranspose3d))]
+
+
+def _output_layers(network: torch.nn.Module) -> list[torch.nn.Module]:
+    """The last convolution of each ``conv_final`` (SegResNet's and each decoder head's: with heads, the base's
+    logits stay those it gives alone), else the network's last convolution (the UNet's, run last)."""
+    finals = [m.conv_final for m in network.modules() if isinstance(getattr(m, "conv_final", None), torch.nn.Module)]
+    return [_convolutions(final)[-1] for final in finals] if finals else _convolutions(network)[-1:]
+
+
 def _output_layer_in_float32(network: torch.nn.Module) -> None:
-    """Hooks on the last convolution that run it without autocast whenever autocast is on in the calling thread.
-    Hooks, not a swapped module: the network is shared with fp32 requests (the hooks do nothing there) and its
+    """Hooks on the output layers that run them without autocast whenever autocast is on in the calling thread.
+    Hooks, not swapped modules: the network is shared with fp32 requests (the hooks do nothing there) and its
     state dict keeps its keys."""
-    convolutions = [m for m in network.modules() if isinstance(m, (torch.nn.Conv3d, torch.nn.ConvTranspose3d))]
-    if not convolutions or getattr(convolutions[-1], "_runs_in_float32", False):
-        return
-    output = convolutions[-1]
-    output.register_forward_pre_hook(_enter_float32)
-    output.register_forward_hook(_leave_float32, always_call=True)
-    output._runs_in_float32 = True
+    for output in _output_layers(network):
+        if getattr(output, "_runs_in_float32", False):
+            continue
+        output.register_forward_pre_hook(_enter_float32)
+        output.register_forward_hook(_leave_float32, always_call=True)
+        output._runs_in_float32 = True
 
 
 def _enter_float32(module: torch.nn.Module, args: tuple) -> tuple | None:
