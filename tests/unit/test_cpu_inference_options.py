@@ -68,18 +68,32 @@ def test_a_cpu_without_units_serves_fp32_even_when_asked_for_bf16(tmp_path, monk
     assert task.precision({"precision": "bf16"}) == "fp32"
 
 
-def test_wholebody_skips_air_windows(tmp_path):
+def test_wholebody_serves_bf16_by_default_and_skips_air_windows(tmp_path, cpu_with_bf16):
     from lib.configs.wholebody import WholeBodySegmentation
 
     config = WholeBodySegmentation()
     config.init("wholebody", str(tmp_path / "model"), {"download_weights": "false", "highres": "false"}, None)
     task = config.infer()
-    assert task.info()["cpu_precision"] == "fp32", "the default chosen from the confident checkpoint's figures (docs/performance.md)"
+    assert task.info()["cpu_precision"] == "bf16", "the default chosen from the confident checkpoint's figures (docs/performance.md)"
     image = body_in_a_corner(tmp_path / "ct.nii.gz", (3.0, 3.0, 3.0))
     _, answer = task({"image": image, "device": "cpu", "result_extension": ".nii.gz", "skip_air": True})
     # 96^3 windows, overlap 0.25: x starts 0, 72, 104 (the body in the first only), y 0 and 24, z one
-    assert answer["precision"] == "fp32"
+    assert answer["precision"] == "bf16" and cpu_with_bf16 == [1, 1], "the two windows with body ran in bf16"
     assert answer["windows"] == {"run": 2, "skipped": 4}
+    _, answer = task({"image": image, "device": "cpu", "result_extension": ".nii.gz", "precision": "fp32"})
+    assert answer["precision"] == "fp32" and cpu_with_bf16 == [1, 1], "a request for fp32 gets fp32"
+
+
+def test_wholebody_serves_fp32_by_default_on_a_cpu_without_units_or_when_the_conf_says_so(tmp_path, monkeypatch):
+    from lib.configs.wholebody import WholeBodySegmentation
+
+    for units, conf, expected in ((False, {}, "fp32"), (True, {"cpu_precision": "fp32"}, "fp32")):
+        monkeypatch.setattr(cpu_precision, "bf16_units", lambda units=units: units)
+        config = WholeBodySegmentation()
+        config.init("wholebody", str(tmp_path / "model"), {"download_weights": "false", **conf}, None)
+        assert config.infer().info()["cpu_precision"] == expected, (units, conf)
+    spleen = spleen_task(tmp_path)
+    assert spleen.info()["cpu_precision"] == "fp32", "spleen keeps fp32: its agreement was not measured"
 
 
 def test_vista3d_serves_the_conf_precision_per_request_and_refuses_an_unknown_one(tmp_path, cpu_with_bf16):

@@ -22,7 +22,7 @@ from lib.conf import Conf, ConfError
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16")
-DEFAULT = "fp32"  # --conf cpu_precision's default (docs/performance.md says why)
+DEFAULT = "fp32"  # --conf cpu_precision's default where a model's agreement was not measured (docs/performance.md)
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 CPUINFO = "/proc/cpuinfo"
 
@@ -73,9 +73,10 @@ def requested(data: dict[str, Any], default: Any) -> str:
     return serving(check(chosen, "precision"))
 
 
-def precision_from_conf(conf: Conf) -> str:
-    """``--conf cpu_precision fp32|bf16``: the precision CPU inference serves by default, after the CPU check."""
-    return serving(check(conf.raw("cpu_precision") or DEFAULT, "cpu_precision"))
+def precision_from_conf(conf: Conf, default: str = DEFAULT) -> str:
+    """``--conf cpu_precision fp32|bf16``: the precision CPU inference serves by default, after the CPU check;
+    ``default``: the model's own where the conf names none."""
+    return serving(check(conf.raw("cpu_precision") or default, "cpu_precision"))
 
 
 class BFloat16Autocast(torch.nn.Module):

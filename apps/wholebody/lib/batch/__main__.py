@@ -21,6 +21,7 @@ from lib.batch.model import BatchError
 from lib.batch.pipeline import APP_DIR, Resources, run
 from lib.batch.sources import open_studies
 from lib.conf import ConfError
+from lib.pipelines.wholebody import CPU_PRECISION
 from lib.transforms import body_mask
 
 
@@ -39,8 +40,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="this checkpoint file instead of the one the server would use")
     p.add_argument("--sw-overlap", type=float, help="sliding-window overlap (as the /infer param sw_overlap; default 0.25)")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false", help="as --conf channels_last false on the server")
-    p.add_argument("--precision", default=cpu_precision.DEFAULT, choices=cpu_precision.PRECISIONS,
-                   help=f"on a CPU: as --conf cpu_precision on the server (default {cpu_precision.DEFAULT}; bf16 only where the CPU has bfloat16 units, else fp32)")
+    p.add_argument("--precision", default=CPU_PRECISION, choices=cpu_precision.PRECISIONS,
+                   help=f"on a CPU: as --conf cpu_precision on the server (default {CPU_PRECISION}; bf16 only where the CPU has bfloat16 units, else fp32)")
     p.add_argument("--skip-air", action=argparse.BooleanOptionalAction, default=body_mask.SKIP_AIR,
                    help=f"as --conf skip_air on the server: windows holding no body voxel are not run (default {str(body_mask.SKIP_AIR).lower()})")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: CUDA when the cluster has GPUs")

@@ -56,8 +56,8 @@ class ModelRun:
     @classmethod
     def create(cls, model_dir: str, highres: bool, checkpoint: str | None = None, **params) -> "ModelRun":
         path = os.path.abspath(checkpoint_path(model_dir, highres, checkpoint))
-        if "precision" in params:
-            params["precision"] = cpu_precision.serving(cpu_precision.check(params["precision"], "precision"))
+        # The server's default where none is named; what serves on this CPU (bf16 only with the units).
+        params["precision"] = cpu_precision.serving(cpu_precision.check(params.get("precision", pipeline.CPU_PRECISION), "precision"))
         return cls(checkpoint=path, checkpoint_md5=md5sum(path), highres=highres, **params)
 
     @property

@@ -32,6 +32,7 @@ from lib.batch.manifest import Manifest
 from lib.batch.model import BatchError, ModelRun
 from lib.batch.progress import Progress
 from lib.batch.sources import Study
+from lib.pipelines.wholebody import CPU_PRECISION
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ def run(
     rtstruct: bool = False,
     overlap: float | None = None,
     channels_last: bool = True,
-    precision: str = "fp32",
+    precision: str = CPU_PRECISION,
     skip_air: bool = False,
     retry_failed: bool = False,
     echo: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),

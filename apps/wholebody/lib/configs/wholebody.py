@@ -19,7 +19,7 @@ from lib.heads.merge import OVERLAP_RULES
 from lib.heads.store import HeadStore
 from lib.labels import wholebody_labels
 from lib.networks import wholebody_segresnet
-from lib.pipelines.wholebody import PIXDIM
+from lib.pipelines.wholebody import CPU_PRECISION, PIXDIM
 from lib.transforms import body_mask
 from lib.weights.official import OfficialCheckpoint
 
@@ -34,7 +34,7 @@ class WholeBodySegmentation(TaskConfig):
         self.val_split = options.float("val_split", 0.2, low=0.0, high=0.9)
         self.trt_precision = precision_from_conf(options)
         self.channels_last = options.bool("channels_last", True)
-        self.cpu_precision = cpu_precision.precision_from_conf(options)
+        self.cpu_precision = cpu_precision.precision_from_conf(options, CPU_PRECISION)
         self.skip_air, self.body = body_mask.from_conf(options)
         self.torchrun = torchrun_launch(name, options)
         self.checkpoints = {
