@@ -258,8 +258,13 @@ def test_a_stored_seg_opens_with_its_segments_named_and_can_be_corrected(session
             sign_in(page, server.url, *ANNOTATOR)
             open_in_monai_label(page, "Example, CT")
             page.locator('[data-cy="studyBrowser-panel"]').get_by_text("SEG", exact=True).dblclick()
-            # Shown as a preview; LOAD puts it on the CT as a segmentation the tools edit.
-            page.get_by_text("LOAD", exact=True).first.click()
+            # Shown as a preview in the view it was opened in (OHIF's MPR protocol would put it in all three, and
+            # the two that cannot show it break the brush); LOAD puts it on the CT as a segmentation the tools edit.
+            preview = page.get_by_text("LOAD", exact=True)
+            preview.first.wait_for(timeout=60_000)
+            page.wait_for_timeout(1000)
+            assert preview.count() == 1, f"the SEG is previewed in {preview.count()} views"
+            preview.click()
             loaded = wait_for(lambda: page.evaluate(PAINTED_SEGMENTS) == expected, timeout=120)
             assert loaded, changed(expected, page.evaluate(PAINTED_SEGMENTS))
             page.locator('[data-cy="panelSegmentationWithTools-btn"]').click()

@@ -5,6 +5,7 @@
 //   layout; Export DICOM SEG stores through /proxy/dicom (STOW-RS) and the server imports that SEG as the
 //   study's final label (lib/pacs/proxy.py, lib/pacs/seg_import.py);
 // - the panel's errors carry the server's reason, and a running training shows its progress;
+// - a stored SEG opened from the study browser is previewed in one view, not in all three MPR views;
 // - no "reject series" (Orthanc's REST API, which the proxy does not forward).
 // Written against the OHIF 3.10 build in the pinned monailabel wheel; tests/e2e/test_ohif_session.py fails
 // if a new build moves the pieces named here.
@@ -24,6 +25,24 @@ function storeToTheActiveDataSource(commandsManager, extensionManager) {
       };
     }
   }
+}
+
+// A double-clicked (or dropped) SEG goes, by the MPR hanging protocol, into all three views, and two of them
+// cannot show it ("Volume display set not found"); the tool groups their previews leave behind then crash the
+// brush and the segment list now and then. Here a stored segmentation is previewed in the view it was opened
+// in only, as in a layout of one's own; its LOAD puts the segmentation on the CT in all three.
+const PREVIEWED_ALONE = ['SEG', 'RTSTRUCT'];
+function previewSegmentationsInOneView(hangingProtocolService, displaySetService) {
+  const viewportsToUpdate = hangingProtocolService.getViewportsRequireUpdate;
+  if (viewportsToUpdate.previewsSegmentationsAlone) {
+    return;
+  }
+  const previewAlone = function (viewportId, displaySetInstanceUID, isHangingProtocolLayout) {
+    const modality = displaySetService.getDisplaySetByUID(displaySetInstanceUID)?.Modality;
+    return viewportsToUpdate.call(this, viewportId, displaySetInstanceUID, isHangingProtocolLayout && !PREVIEWED_ALONE.includes(modality));
+  };
+  previewAlone.previewsSegmentationsAlone = true;
+  hangingProtocolService.getViewportsRequireUpdate = previewAlone;
 }
 
 // The panel's errors say what failed ("Failed to RUN training"), not why; the server's 4xx answer says why
@@ -156,6 +175,7 @@ const monaiLabelWithSegmentationTools = {
       };
       buttonsOnly.onModeEnter({ ...args, servicesManager: { ...args.servicesManager, services } });
       storeToTheActiveDataSource(args.commandsManager, args.extensionManager);
+      previewSegmentationsInOneView(args.servicesManager.services.hangingProtocolService, args.servicesManager.services.displaySetService);
       withServerReasons(args.servicesManager.services.uiNotificationService);
       trainingProgress(args.servicesManager.services.uiNotificationService);
     };
