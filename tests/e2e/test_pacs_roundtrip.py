@@ -25,10 +25,8 @@ from conftest import (
     retrieve_instances,
     retrieve_segs,
     series_uids,
-    slicer_client_class,
     start_on_pacs,
     wait_for,
-    wait_for_training,
 )
 
 pytestmark = pytest.mark.e2e
@@ -280,8 +278,9 @@ def test_orthanc_roundtrip_infer_save_seg_and_pacs_outage(orthanc, pacs_tools, s
     finally:
         other.close()
 
-    # A correction named as Slicer names segments, values that are not the model's channels: the
-    # SEG carries the names and codes, and one epoch of wholebody trains (validates) those structures.
+    # A correction named as Slicer names segments, values that are not the model's channels: the SEG carries
+    # the names and codes, and wholebody would train exactly those structures (test_slicer_session trains on
+    # such names, test_ohif_session on a label the PACS holds).
     slicer = np.zeros_like(edited)
     slicer[5:15, 150:300, 150:300] = 7
     slicer[5:15, 320:400, 320:400] = 9
@@ -303,14 +302,6 @@ def test_orthanc_roundtrip_infer_save_seg_and_pacs_outage(orthanc, pacs_tools, s
     assert kidney.SegmentedPropertyTypeCodeSequence[0].CodeValue == "64033007"
     assert kidney.SegmentedPropertyTypeModifierCodeSequence[0].CodeValue == "7771000"
 
-    t = time.time()
-    client = slicer_client_class()(server.url, tmpdir=str(tmp_path))
-    client.train_start("wholebody", {"max_epochs": 1, "highres": False, "val_split": 0.0})
-    status = wait_for_training(client, timeout=TIMEOUT)
-    assert status["status"] == "DONE", status
-    timings["train wholebody 1 epoch"] = time.time() - t
-    stats = client.info()["train_stats"]["wholebody"]
-    assert set(stats["eval"]["metrics"]["val_dice_per_class"]) == {"liver", "kidney_left"}, stats
     print("timings (s):", {k: round(v, 1) for k, v in timings.items()})
 
 
