@@ -20,6 +20,7 @@ from lib.pacs.seg import display_color
 RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
 STUDY_COMPONENT_SOP_CLASS = "1.2.840.10008.3.1.2.3.1"  # Detached Study Management: how RT references a study
 RTSTRUCT_SERIES_NUMBER = 302
+CONTOUR_DATA = 0x30060050
 
 
 def slice_contours(mask: np.ndarray) -> list[np.ndarray]:
@@ -46,6 +47,7 @@ def write_rtstruct(
     import datetime
 
     import pydicom
+    from pydicom.charset import convert_encodings, default_encoding
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.sequence import Sequence as DicomSequence
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -91,7 +93,8 @@ def write_rtstruct(
 
     series = Dataset()
     series.SeriesInstanceUID = first.SeriesInstanceUID
-    series.ContourImageSequence = DicomSequence([image_reference(s) for s in sources])
+    references = [image_reference(s) for s in sources]  # one per slice, shared by the contours on it
+    series.ContourImageSequence = DicomSequence(references)
     study = Dataset()
     study.ReferencedSOPClassUID, study.ReferencedSOPInstanceUID = STUDY_COMPONENT_SOP_CLASS, first.StudyInstanceUID
     study.RTReferencedSeriesSequence = DicomSequence([series])
@@ -113,16 +116,18 @@ def write_rtstruct(
         for index in np.flatnonzero((labelmap == value).any(axis=(1, 2))):
             for outline in slice_contours(labelmap[index] == value):
                 contour = Dataset()
-                contour.ContourImageSequence = DicomSequence([image_reference(sources[index])])
+                contour.ContourImageSequence = DicomSequence([references[index]])
                 contour.ContourGeometricType = "CLOSED_PLANAR"
                 points = to_patient[index](outline)
                 contour.NumberOfContourPoints = len(points)
-                contour.ContourData = [f"{x:.4f}".rstrip("0").rstrip(".") for x in points.ravel()]
+                contour[CONTOUR_DATA] = _decimal_strings(CONTOUR_DATA, points.ravel())
+                contour.set_original_encoding(False, True, default_encoding)
                 contours.append(contour)
         item = Dataset()
         item.ROIDisplayColor = list(display_color(name))
         item.ReferencedROINumber = number
         item.ContourSequence = DicomSequence(contours)
+        item.set_original_encoding(False, True, default_encoding)
         contour_items.append(item)
 
         observation = Dataset()
@@ -133,8 +138,24 @@ def write_rtstruct(
     ds.StructureSetROISequence = DicomSequence(roi_items)
     ds.ROIContourSequence = DicomSequence(contour_items)
     ds.RTROIObservationsSequence = DicomSequence(observations)
+    # Datasets marked as already in the encoding written are written element by element as built, the contour
+    # data as encoded; pydicom otherwise walks every element first (correct_ambiguous_vr: none is ambiguous here)
+    # and decodes the encoded values on the way.
+    ds.set_original_encoding(False, True, convert_encodings(ds.SpecificCharacterSet))
     ds.save_as(output_file, write_like_original=False)
     return {**uids(ds), "rois": rois}
+
+
+def _decimal_strings(tag: int, values: np.ndarray):
+    """A DS element of many values, encoded as it is written (Explicit VR Little Endian). As a list, pydicom
+    makes, validates and checks one DSfloat per value: most of a save whose label is noisy (an early model's:
+    tens of thousands of outlines, millions of coordinates)."""
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    encoded = "\\".join(f"{x:.4f}".rstrip("0").rstrip(".") for x in values).encode("ascii")
+    encoded += b" " * (len(encoded) % 2)  # DICOM values have even lengths; DS pads with a space
+    return RawDataElement(Tag(tag), "DS", len(encoded), encoded, 0, False, True)
 
 
 def _pixel_to_patient(source):
