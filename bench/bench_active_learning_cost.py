@@ -17,37 +17,23 @@ and whether the BALD scores before and now agree.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "apps" / "wholebody"))
+sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "apps" / "wholebody")]
+
+from revisions import module_at  # noqa: E402
 
 from lib.activelearning.mc_dropout import enable_mc_dropout, mc_dropout_features, mc_dropout_uncertainty  # noqa: E402
 from lib.networks import wholebody_segresnet  # noqa: E402
 from lib.phantom import make_phantom  # noqa: E402
 
 MODULE = "apps/wholebody/lib/activelearning/mc_dropout.py"
-
-
-def module_at(commit: str):
-    """``mc_dropout.py`` as it was at ``commit``, imported on its own (it needs only torch)."""
-    source = subprocess.run(["git", "-C", str(ROOT), "show", f"{commit}:{MODULE}"], check=True, capture_output=True, text=True).stdout
-    with tempfile.NamedTemporaryFile("w", suffix=".py") as f:
-        f.write(source)
-        f.flush()
-        spec = importlib.util.spec_from_file_location("mc_dropout_before", f.name)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # dataclasses look their module up there
-        spec.loader.exec_module(module)
-    return module
 
 
 def main() -> int:
@@ -81,7 +67,7 @@ def main() -> int:
         for _ in range(args.mc_samples):
             network(x)
 
-    before = module_at(args.before)
+    before = module_at(args.before, MODULE, "mc_dropout_before")
     runs = {
         "reference (passes alone)": reference,
         f"score before ({args.before})": lambda: before.mc_dropout_uncertainty(network, image, hu, roi, args.mc_samples, 1, device),

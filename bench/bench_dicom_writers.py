@@ -5,20 +5,19 @@ upload), this tree's writers against another revision's, side by side in one run
 - a noisy label: 3 mm blocks of 60 random classes over the same voxels (what an early or random model gives;
   tens of thousands of outlines).
 
-Each writer runs ``--repeats`` times per label, alternating the two revisions; the median is reported and the
-ratio reference / this tree (above 1: this tree is faster). The two files are checked to hold the same
-contours. Writes ``bench/results/dicom-writers-<tag>.json``.
+After one untimed call of each, each writer runs ``--repeats`` times per label, alternating the two revisions;
+the median is reported and the ratio reference / this tree (above 1: this tree is faster). The two files are
+checked to hold the same contours. Writes ``bench/results/dicom-writers-<tag>.json``.
 
-    python bench/bench_dicom_writers.py --reference HEAD~1
+    python bench/bench_dicom_writers.py --reference 54f3da3   # the commit before the RTSTRUCT change
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,23 +27,17 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "apps" / "wholebody"
-sys.path[:0] = [str(APP), str(ROOT / "tests")]
+sys.path[:0] = [str(APP), str(ROOT / "tests"), str(ROOT / "bench")]
+
+from revisions import module_at  # noqa: E402
 
 WRITERS = {"seg": ("lib/pacs/seg.py", "write_seg"), "rtstruct": ("lib/pacs/rtstruct.py", "write_rtstruct")}
 
 
-def writer_at(revision: str, name: str, folder: Path):
-    """``write_<name>`` as the file was at ``revision`` (it imports the rest of lib from this tree)."""
+def writer_at(revision: str, name: str):
+    """``write_<name>`` as it was at ``revision`` (what it imports comes from this tree)."""
     path, function = WRITERS[name]
-    source = subprocess.run(
-        ["git", "-C", str(ROOT), "show", f"{revision}:apps/wholebody/{path}"], capture_output=True, text=True, check=True
-    ).stdout
-    file = folder / f"{name}_{revision.replace('/', '_').replace('~', '_')}.py"
-    file.write_text(source)
-    spec = importlib.util.spec_from_file_location(f"reference_{name}", file)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return getattr(module, function)
+    return getattr(module_at(revision, f"apps/wholebody/{path}", f"reference_{name}"), function)
 
 
 def writer_here(name: str):
@@ -89,7 +82,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         for name in WRITERS:
-            candidates = {"reference": writer_at(args.reference, name, folder), "this tree": writer_here(name)}
+            candidates = {"reference": writer_at(args.reference, name), "this tree": writer_here(name)}
+            for side, write in candidates.items():  # untimed: the first call pays for imports (highdicom, skimage)
+                write(files, *cases["TotalSegmentator label"], str(folder / f"{name}-{side}.dcm"))
             for case, (label, names) in cases.items():
                 seconds = {side: [] for side in candidates}
                 for _ in range(args.repeats):
