@@ -120,7 +120,7 @@ def write_rtstruct(
                 contour.ContourGeometricType = "CLOSED_PLANAR"
                 points = to_patient[index](outline)
                 contour.NumberOfContourPoints = len(points)
-                contour[CONTOUR_DATA] = _decimal_strings(CONTOUR_DATA, points.ravel())
+                contour[CONTOUR_DATA] = _contour_data(points)
                 contour.set_original_encoding(False, True, default_encoding)
                 contours.append(contour)
         item = Dataset()
@@ -146,16 +146,16 @@ def write_rtstruct(
     return {**uids(ds), "rois": rois}
 
 
-def _decimal_strings(tag: int, values: np.ndarray):
-    """A DS element of many values, encoded as it is written (Explicit VR Little Endian). As a list, pydicom
-    makes, validates and checks one DSfloat per value: most of a save whose label is noisy (an early model's:
-    tens of thousands of outlines, millions of coordinates)."""
+def _contour_data(points: np.ndarray):
+    """ContourData (DS, one value per coordinate), encoded as it is written (Explicit VR Little Endian). As a
+    list, pydicom makes, validates and checks one DSfloat per value: most of a save whose label is noisy (an
+    early model's: tens of thousands of outlines, millions of coordinates)."""
     from pydicom.dataelem import RawDataElement
     from pydicom.tag import Tag
 
-    encoded = "\\".join(f"{x:.4f}".rstrip("0").rstrip(".") for x in values).encode("ascii")
+    encoded = "\\".join(f"{x:.4f}".rstrip("0").rstrip(".") for x in points.ravel()).encode("ascii")
     encoded += b" " * (len(encoded) % 2)  # DICOM values have even lengths; DS pads with a space
-    return RawDataElement(Tag(tag), "DS", len(encoded), encoded, 0, False, True)
+    return RawDataElement(Tag(CONTOUR_DATA), "DS", len(encoded), encoded, 0, False, True)
 
 
 def _pixel_to_patient(source):
